@@ -1,0 +1,5 @@
+import sys
+
+from tfpeft.cli import main
+
+sys.exit(main())

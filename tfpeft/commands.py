@@ -1,0 +1,136 @@
+"""The Python functions behind ``tfpeft evaluate``, ``predict`` and ``inspect``."""
+
+import logging
+import os
+
+import numpy as np
+
+from tfpeft.errors import ConfigError, OutputDirError
+from tfpeft.progress import Progress
+
+logger = logging.getLogger("tfpeft.commands")
+
+EVAL_SPLITS = ("test", "validation", "train", "all")
+
+
+def _evaluation_examples(classifier, dataset, test_file, split, text_column, label_column, encoding):
+    from tfpeft.data import load_builtin, read_file
+    from tfpeft.training import load_splits
+
+    config = classifier.config
+    if (dataset is None) == (test_file is None):
+        raise ConfigError("Pass exactly one of --dataset (a built-in name) or --test-file (a file).")
+    if test_file is not None:
+        return read_file(
+            test_file,
+            text_column=text_column or config.text_column,
+            label_column=label_column or config.label_column,
+            encoding=encoding or config.encoding,
+        )
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"Invalid split {split!r}; use one of: {', '.join(EVAL_SPLITS)}.")
+    if split == "all":
+        return load_builtin(dataset)
+    # The same seed and fractions as the run, so `test` is the run's own held-out test split.
+    splits = load_splits(config.replace(dataset=dataset, train_file=None, validation_file=None, test_file=None))
+    if split not in splits:
+        raise ConfigError(f"The run's settings leave no {split!r} split of {dataset!r}; use --split all.")
+    return splits[split]
+
+
+def evaluate(
+    run_dir,
+    *,
+    dataset=None,
+    test_file=None,
+    split="test",
+    name=None,
+    text_column=None,
+    label_column=None,
+    encoding=None,
+    overwrite=False,
+    verbose=1,
+):
+    """Evaluate a run on other data and write ``RUN_DIR/eval/<name>/``.
+
+    The run's own ``results.json`` is never touched. An existing ``eval/<name>`` folder is kept
+    unless ``overwrite`` is set.
+
+    Args:
+        run_dir: str. A finished run folder.
+        dataset: str or None. A built-in dataset; ``split`` picks the part, split with the run's
+            seed and fractions (``test`` is the run's own test split).
+        test_file: str or None. A CSV or JSON Lines file, evaluated whole.
+        split: str. ``test``, ``validation``, ``train`` or ``all``, for ``dataset``.
+        name: str or None. The folder name under ``eval/``; default from the data.
+        text_column, label_column, encoding: str or None. For ``test_file``; default the run's.
+        overwrite: bool. Replace an earlier ``eval/<name>`` folder.
+        verbose: int. 0 prints nothing.
+
+    Returns:
+        The metrics dict written to ``eval/<name>/results.json``.
+    """
+    from tfpeft.data import encode_texts, make_dataset
+    from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
+    from tfpeft.runs import PREDICTIONS_FILE, RESULTS_FILE, load, write_json
+
+    progress = Progress(verbose)
+    classifier = load(run_dir)
+    examples = _evaluation_examples(classifier, dataset, test_file, split, text_column, label_column, encoding)
+    if name is None:
+        name = f"{dataset}_{split}" if dataset else os.path.splitext(os.path.basename(test_file))[0]
+    out_dir = os.path.join(run_dir, "eval", name)
+    if os.path.exists(out_dir) and not overwrite:
+        raise OutputDirError(
+            f"{out_dir!r} already holds an evaluation. Pass --name to write another one, or "
+            "--overwrite to replace it."
+        )
+
+    label_ids = np.asarray(classifier.label_map.encode(examples.labels, examples.rows))
+    encoded = encode_texts(classifier.tokenizer, examples.texts, classifier.config.max_seq_length)
+    progress.step(f"Evaluating on {len(examples)} examples of {examples.name}")
+    batches = make_dataset(encoded, batch_size=classifier.config.per_device_eval_batch_size)
+    logits = predict_logits(classifier.model, batches)
+    metrics = compute_metrics(label_ids, logits.argmax(axis=-1), classifier.label_map.names)
+    metrics["loss"] = cross_entropy(logits, label_ids)
+    metrics["data"] = {"dataset": dataset, "test_file": test_file, "split": split if dataset else None}
+
+    os.makedirs(out_dir, exist_ok=True)
+    write_predictions(os.path.join(out_dir, PREDICTIONS_FILE), examples.texts, label_ids, logits, classifier.labels)
+    write_json(os.path.join(out_dir, RESULTS_FILE), metrics)
+    progress.block(format_metrics(metrics, title=name))
+    progress.step(f"Evaluation saved to {out_dir}")
+    return metrics
+
+
+def predict(run_dir, texts, *, batch_size=None):
+    """Return one dict per text: ``text``, ``label`` and ``probabilities`` by class name."""
+    from tfpeft.runs import load
+
+    classifier = run_dir if hasattr(run_dir, "predict_proba") else load(run_dir)
+    probabilities = classifier.predict_proba(texts, batch_size)
+    return [
+        {
+            "text": text,
+            "label": classifier.labels[int(row.argmax())],
+            "probabilities": {name: float(p) for name, p in zip(classifier.labels, row)},
+        }
+        for text, row in zip(texts, probabilities)
+    ]
+
+
+def inspect(model="minilm", policy="last_n:2", *, pooling="mean", num_labels=2, frozen_dropout=False):
+    """Return the trainable-parameter report of a policy on a backbone, without training.
+
+    Example:
+
+    >>> print(tfpeft.inspect("minilm", "last_n:2", num_labels=5).format())
+    """
+    from tfpeft.backbones import load_backbone
+    from tfpeft.model import build_classifier
+    from tfpeft.policies import apply_policy, parameter_report
+
+    backbone = load_backbone(model)
+    classifier = build_classifier(backbone, num_labels, pooling=pooling)
+    apply_policy(backbone, policy, pooling=pooling, frozen_dropout=frozen_dropout)
+    return parameter_report(classifier, backbone)

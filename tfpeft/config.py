@@ -1,0 +1,221 @@
+"""``TrainingConfig``: every setting of a run, with Hugging Face ``TrainingArguments`` names.
+
+A config is read from a TOML file, then overridden by command-line flags or keyword arguments,
+and validated when built. The run folder keeps the full config as ``config.toml``, which
+``tfpeft train --config`` accepts again.
+"""
+
+import dataclasses
+import logging
+import tomllib
+import typing
+import warnings
+from typing import Optional
+
+from tfpeft.errors import ConfigError, TfpeftWarning, closest_match
+
+logger = logging.getLogger("tfpeft.config")
+
+SCHEDULER_TYPES = ("linear", "cosine", "constant")
+EVAL_STRATEGIES = ("epoch", "no")
+SAVE_STRATEGIES = ("epoch", "no")
+METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
+
+# Older names that tutorials still use, mapped to the current field.
+DEPRECATED_NAMES = {"evaluation_strategy": "eval_strategy"}
+
+
+def _field(default, help, **kwargs):
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Settings of one fine-tuning run.
+
+    Field names follow Hugging Face ``TrainingArguments`` where one exists there. Each field's
+    ``help`` metadata is the text of its command-line flag.
+
+    Example:
+
+    >>> config = TrainingConfig(output_dir="runs/bbc", dataset="bbc_news", num_train_epochs=2)
+    >>> config.policy
+    'last_n:2'
+    """
+
+    # Model.
+    model_name_or_path: str = _field(
+        "minilm", "Backbone: a folder written by save_pretrained, a Hub name, or 'minilm'."
+    )
+    policy: str = _field("last_n:2", "Freezing policy: head, last_n:K or full.")
+    pooling: str = _field("mean", "Pooling of the hidden states: mean, cls or pooler.")
+    classifier_dropout: float = _field(0.1, "Dropout rate before the classification head.")
+    frozen_dropout: bool = _field(
+        False, "Keep dropout on in frozen backbone parts while training (off by default)."
+    )
+
+    # Data.
+    dataset: Optional[str] = _field(None, "Built-in dataset: bbc_news or tweets.")
+    train_file: Optional[str] = _field(None, "Training data, a CSV or JSON Lines file.")
+    validation_file: Optional[str] = _field(None, "Validation data; default: split from training data.")
+    test_file: Optional[str] = _field(None, "Test data; default: split from training data.")
+    text_column: str = _field("text", "Column (or JSON key) that holds the text.")
+    label_column: str = _field("label", "Column (or JSON key) that holds the label.")
+    encoding: str = _field("utf-8", "Text encoding of the data files.")
+    validation_fraction: float = _field(0.1, "Share of the data held out for validation.")
+    test_fraction: float = _field(0.1, "Share of the data held out for the test.")
+    max_seq_length: int = _field(128, "Maximum tokens per text, special tokens included.")
+    max_train_samples: Optional[int] = _field(None, "Use at most this many training examples.")
+    max_eval_samples: Optional[int] = _field(
+        None, "Use at most this many validation and test examples each."
+    )
+
+    # Training.
+    output_dir: Optional[str] = _field(None, "Run folder for weights, config, results and logs.")
+    overwrite_output_dir: bool = _field(False, "Replace the contents of a non-empty output_dir.")
+    num_train_epochs: int = _field(3, "Number of training epochs.")
+    per_device_train_batch_size: int = _field(16, "Training examples per batch on each device.")
+    per_device_eval_batch_size: int = _field(64, "Evaluation examples per batch on each device.")
+    learning_rate: float = _field(1e-4, "Peak learning rate of AdamW.")
+    lr_scheduler_type: str = _field("linear", "Learning-rate schedule: linear, cosine or constant.")
+    warmup_ratio: float = _field(0.0, "Share of the training steps spent warming up linearly.")
+    weight_decay: float = _field(0.0, "AdamW weight decay; biases and LayerNorm are exempt.")
+    max_grad_norm: float = _field(1.0, "Clip the global gradient norm to this value; 0 turns it off.")
+    eval_strategy: str = _field("epoch", "Evaluate on the validation split: epoch or no.")
+    save_strategy: str = _field("epoch", "Checkpoint the best weights so far: epoch or no.")
+    metric_for_best_model: str = _field(
+        "macro_f1", "Validation metric that picks the best epoch: macro_f1, accuracy, loss, ..."
+    )
+    early_stopping_patience: Optional[int] = _field(
+        None, "Stop after this many epochs without a better validation metric."
+    )
+    logging_dir: Optional[str] = _field(None, "TensorBoard event folder; default OUTPUT_DIR/logs.")
+    seed: int = _field(42, "Seed of the split, the shuffling and the head's initial weights.")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Check every field; raise ``ConfigError`` naming the first invalid one."""
+        for field in dataclasses.fields(self):
+            _check_type(field, getattr(self, field.name))
+
+        def require(condition, name, allowed):
+            if not condition:
+                raise ConfigError(f"Invalid {name}={getattr(self, name)!r}: {allowed}.")
+
+        require(self.num_train_epochs >= 1, "num_train_epochs", "use 1 or more")
+        require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "use 1 or more")
+        require(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "use 1 or more")
+        require(self.learning_rate > 0, "learning_rate", "use a positive number such as 1e-4")
+        require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "use a value in [0, 1)")
+        require(self.weight_decay >= 0, "weight_decay", "use 0 or more")
+        require(self.max_grad_norm >= 0, "max_grad_norm", "use 0 (off) or more")
+        require(0.0 <= self.classifier_dropout < 1.0, "classifier_dropout", "use a value in [0, 1)")
+        require(self.max_seq_length >= 2, "max_seq_length", "use 2 or more tokens")
+        require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "use a value in [0, 1)")
+        require(0.0 <= self.test_fraction < 1.0, "test_fraction", "use a value in [0, 1)")
+        require(self.lr_scheduler_type in SCHEDULER_TYPES, "lr_scheduler_type", f"use one of {', '.join(SCHEDULER_TYPES)}")
+        require(self.eval_strategy in EVAL_STRATEGIES, "eval_strategy", "use 'epoch' or 'no'")
+        require(self.save_strategy in SAVE_STRATEGIES, "save_strategy", "use 'epoch' or 'no'")
+        require(self.best_metric in METRICS, "metric_for_best_model", f"use one of {', '.join(METRICS)}")
+        for name in ("max_train_samples", "max_eval_samples", "early_stopping_patience"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, name, "use 1 or more, or leave it unset")
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise ConfigError(
+                "early_stopping_patience needs a validation metric each epoch, but "
+                "eval_strategy='no'. Set eval_strategy='epoch' or drop early_stopping_patience."
+            )
+        if self.dataset is not None and self.train_file is not None:
+            raise ConfigError(
+                f"Both dataset={self.dataset!r} and train_file={self.train_file!r} are set; "
+                "pass one source of training data."
+            )
+
+        from tfpeft.policies import parse_policy
+
+        parse_policy(self.policy)
+
+    @property
+    def best_metric(self):
+        """``metric_for_best_model`` without the optional ``val_`` or ``eval_`` prefix."""
+        for prefix in ("val_", "eval_"):
+            if self.metric_for_best_model.startswith(prefix):
+                return self.metric_for_best_model[len(prefix):]
+        return self.metric_for_best_model
+
+    @property
+    def greater_is_better(self):
+        return self.best_metric != "loss"
+
+    def to_dict(self):
+        """Return the fields as a dict, leaving out unset (None) ones as TOML cannot hold None."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def to_toml(self, path):
+        """Write the config as a flat TOML file that ``from_toml`` reads back."""
+        import tomli_w
+
+        with open(path, "wb") as file:
+            tomli_w.dump(self.to_dict(), file)
+
+    @classmethod
+    def from_toml(cls, path, **overrides):
+        """Read a TOML file; keyword arguments that are not None override its values."""
+        try:
+            with open(path, "rb") as file:
+                values = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"The config file {path!r} does not exist.") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"The config file {path!r} is not valid TOML: {error}") from error
+        return cls.from_dict(values, source=path, **overrides)
+
+    @classmethod
+    def from_dict(cls, values, *, source="keyword arguments", **overrides):
+        """Build a config from ``values`` and ``overrides``, mapping deprecated names."""
+        merged = dict(values)
+        merged.update({key: value for key, value in overrides.items() if value is not None})
+        names = {field.name for field in dataclasses.fields(cls)}
+        for old, new in DEPRECATED_NAMES.items():
+            if old in merged:
+                warnings.warn(
+                    f"{old} is deprecated, as in transformers' TrainingArguments; use {new}.",
+                    TfpeftWarning,
+                    stacklevel=3,
+                )
+                merged.setdefault(new, merged.pop(old))
+                merged.pop(old, None)
+        unknown = sorted(set(merged) - names)
+        if unknown:
+            suggestion = closest_match(unknown[0], names)
+            hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+            raise ConfigError(f"Unknown setting {unknown[0]!r} in {source}.{hint}")
+        return cls(**merged)
+
+    def replace(self, **changes):
+        """Return a copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+
+def field_type(field):
+    """Return the plain type of a config field: int, float, str or bool."""
+    hint = typing.get_type_hints(TrainingConfig)[field.name]
+    arguments = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return arguments[0] if arguments else hint
+
+
+def _check_type(field, value):
+    if value is None:
+        if field.default is None:
+            return
+        raise ConfigError(f"Invalid {field.name}=None: this setting needs a value.")
+    expected = field_type(field)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(
+            f"Invalid {field.name}={value!r}: expected {expected.__name__}, got "
+            f"{type(value).__name__}."
+        )

@@ -1,0 +1,191 @@
+"""The run folder: what a finished run writes, and ``load`` to predict with it later.
+
+Layout::
+
+    OUTPUT_DIR/
+      config.toml          the full TrainingConfig of the run
+      label_map.json       class names in id order
+      tokenizer/           the tokenizer files
+      model/               backbone config.json, classifier.json and the TF checkpoint weights
+      results.json         test metrics, parameter counts, policy, timings, versions
+      predictions.csv      test predictions
+      checkpoints/         the best weights so far, while training (save_strategy='epoch')
+      logs/                TensorBoard event files (logging_dir)
+      eval/<name>/         results of `tfpeft evaluate` on other data
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from tfpeft.errors import OutputDirError, RunFolderError
+
+CONFIG_FILE = "config.toml"
+LABEL_MAP_FILE = "label_map.json"
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.csv"
+MODEL_DIR = "model"
+TOKENIZER_DIR = "tokenizer"
+CLASSIFIER_FILE = "classifier.json"
+WEIGHTS_PREFIX = "weights"
+
+
+def check_output_dir(path, overwrite):
+    """Raise ``OutputDirError`` unless ``path`` is missing, empty, or an overwritable run.
+
+    ``overwrite`` permits replacing an earlier tfpeft run (a folder with ``config.toml``), but
+    never a folder of other files, which tfpeft did not write and will not delete.
+    """
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise OutputDirError(f"output_dir {path!r} is a file, not a folder. Choose another path.")
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return
+    if not overwrite:
+        raise OutputDirError(
+            f"output_dir {path!r} is not empty (it holds {', '.join(entries[:5])}"
+            f"{', ...' if len(entries) > 5 else ''}). Choose a new folder, or pass "
+            "--overwrite-output-dir (overwrite_output_dir=True) to replace the earlier run."
+        )
+    if CONFIG_FILE not in entries:
+        raise OutputDirError(
+            f"output_dir {path!r} is not empty and is not a tfpeft run folder (no {CONFIG_FILE}), "
+            "so --overwrite-output-dir will not delete its files. Choose a new folder."
+        )
+
+
+def prepare_output_dir(path, overwrite):
+    """Create ``path`` for a new run, deleting an earlier run there when ``overwrite`` is set."""
+    check_output_dir(path, overwrite)
+    if os.path.isdir(path) and os.listdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+
+
+def save_model_files(output_dir, model, backbone, classifier_settings):
+    """Write the weights, the backbone config, the classifier settings and the tokenizer."""
+    model_dir = os.path.join(output_dir, MODEL_DIR)
+    os.makedirs(model_dir, exist_ok=True)
+    backbone.config.save_pretrained(model_dir)
+    with open(os.path.join(model_dir, CLASSIFIER_FILE), "w", encoding="utf-8") as file:
+        json.dump(classifier_settings, file, indent=2)
+        file.write("\n")
+    save_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    backbone.tokenizer.save_pretrained(os.path.join(output_dir, TOKENIZER_DIR))
+
+
+def save_weights(model, path):
+    """Write the model's variables, without optimizer state, as a TF checkpoint at ``path``."""
+    import tensorflow as tf
+
+    # Tracking the layers rather than the model leaves out the optimizer the model tracks.
+    tf.train.Checkpoint(layers=model.layers).write(path)
+
+
+def restore_weights(model, path):
+    """Restore weights written by ``save_weights``; every variable of ``model`` must match."""
+    import tensorflow as tf
+
+    status = tf.train.Checkpoint(layers=model.layers).read(path)
+    status.assert_existing_objects_matched()
+
+
+def write_json(path, data):
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2, ensure_ascii=False)
+        file.write("\n")
+
+
+class TextClassifier:
+    """A trained classifier that predicts class names for raw strings.
+
+    Returned by ``tfpeft.load``. ``model`` is the tf_keras model, which takes token ids;
+    ``predict`` and ``predict_proba`` tokenize first.
+
+    Example:
+
+    >>> classifier = tfpeft.load("runs/bbc_news")
+    >>> classifier.predict(["Shares in the bank fell 5% after the results."])
+    ['business']
+    """
+
+    def __init__(self, model, backbone, label_map, config, policy):
+        self.model = model
+        self.backbone = backbone
+        self.tokenizer = backbone.tokenizer
+        self.label_map = label_map
+        self.config = config
+        self.policy = policy
+
+    @property
+    def labels(self):
+        return list(self.label_map.names)
+
+    def predict_logits(self, texts, batch_size=None):
+        """Return float32 logits ``[len(texts), num_labels]``."""
+        from tfpeft.data import encode_texts, make_dataset
+        from tfpeft.evaluation import predict_logits
+
+        texts = [str(text) for text in texts]
+        if not texts:
+            return np.zeros((0, self.label_map.num_labels), dtype=np.float32)
+        encoded = encode_texts(self.tokenizer, texts, self.config.max_seq_length)
+        batch_size = batch_size or self.config.per_device_eval_batch_size
+        return predict_logits(self.model, make_dataset(encoded, batch_size=batch_size))
+
+    def predict_proba(self, texts, batch_size=None):
+        """Return class probabilities ``[len(texts), num_labels]``, columns in ``labels`` order."""
+        from tfpeft.evaluation import softmax
+
+        return softmax(self.predict_logits(texts, batch_size))
+
+    def predict(self, texts, batch_size=None):
+        """Return the predicted class name of each text."""
+        return self.label_map.decode(self.predict_logits(texts, batch_size).argmax(axis=-1))
+
+
+def load(run_dir):
+    """Load a finished run folder as a ``TextClassifier``, in this or a new process.
+
+    The backbone is rebuilt from the run's own ``model/config.json`` and the trained weights are
+    restored from its checkpoint, so the original backbone folder is not needed.
+    """
+    from tfpeft.backbones import load_backbone
+    from tfpeft.config import TrainingConfig
+    from tfpeft.data import LabelMap
+    from tfpeft.model import build_classifier
+    from tfpeft.policies import apply_policy
+
+    model_dir = os.path.join(run_dir, MODEL_DIR)
+    required = [CONFIG_FILE, LABEL_MAP_FILE, TOKENIZER_DIR, os.path.join(MODEL_DIR, CLASSIFIER_FILE)]
+    missing = [name for name in required if not os.path.exists(os.path.join(run_dir, name))]
+    if missing:
+        raise RunFolderError(
+            f"{run_dir!r} is not a finished tfpeft run folder: missing {', '.join(missing)}. "
+            "Pass the output_dir of a completed `tfpeft train`."
+        )
+
+    config = TrainingConfig.from_toml(os.path.join(run_dir, CONFIG_FILE))
+    label_map = LabelMap.load(os.path.join(run_dir, LABEL_MAP_FILE))
+    with open(os.path.join(model_dir, CLASSIFIER_FILE), encoding="utf-8") as file:
+        settings = json.load(file)
+
+    backbone = load_backbone(
+        model_dir, pretrained=False, tokenizer_path=os.path.join(run_dir, TOKENIZER_DIR)
+    )
+    backbone.source = settings["backbone"]
+    model = build_classifier(
+        backbone,
+        label_map.num_labels,
+        pooling=settings["pooling"],
+        dropout=settings["classifier_dropout"],
+    )
+    policy = apply_policy(
+        backbone, settings["policy"], pooling=settings["pooling"], frozen_dropout=settings["frozen_dropout"]
+    )
+    restore_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    return TextClassifier(model, backbone, label_map, config, policy)
