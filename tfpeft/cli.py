@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import sys
-import warnings
 
 # Short flags for long field names; the long flag works too.
 FLAG_ALIASES = {"model_name_or_path": ["--model"]}
@@ -159,9 +158,7 @@ def main(argv=None):
     from tfpeft.errors import TfpeftError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            COMMANDS[args.command](args)
+        COMMANDS[args.command](args)
     except TfpeftError as error:
         print(f"tfpeft {args.command}: error: {error}", file=sys.stderr)
         return 1

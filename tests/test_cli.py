@@ -1,0 +1,80 @@
+import json
+import os
+
+import pytest
+
+from tfpeft.cli import main
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_bert_dir, toy_csv, tmp_path_factory):
+    config = tmp_path_factory.mktemp("config") / "toy.toml"
+    config.write_text(
+        f'model_name_or_path = "{tiny_bert_dir}"\ntrain_file = "{toy_csv}"\n'
+        'num_train_epochs = 5\nmax_seq_length = 16\nlearning_rate = 1e-3\npolicy = "head"\n'
+    )
+    output_dir = str(tmp_path_factory.mktemp("cli") / "run")
+    status = main(["train", "--config", str(config), "--num-train-epochs", "1", "--output-dir", output_dir, "--quiet"])
+    assert status == 0
+    return output_dir
+
+
+def test_train_flags_override_config(cli_run):
+    results = json.load(open(os.path.join(cli_run, "results.json")))
+    assert results["epochs_completed"] == 1
+    assert results["policy"] == "head"
+    assert "num_train_epochs = 1" in open(os.path.join(cli_run, "config.toml")).read()
+
+
+def test_train_refuses_non_empty_output_dir(cli_run, tiny_bert_dir, toy_csv, capsys):
+    status = main(["train", "--model", tiny_bert_dir, "--train-file", toy_csv, "--output-dir", cli_run, "--quiet"])
+    assert status == 1
+    assert "tfpeft train: error: output_dir" in capsys.readouterr().err
+
+
+def test_predict_prints_json_lines(cli_run, capsys, tmp_path):
+    input_file = tmp_path / "texts.txt"
+    input_file.write_text("vote party\n\nchip phone\n")
+    assert main(["predict", cli_run, "--text", "goal match", "--input-file", str(input_file)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [record["text"] for record in records] == ["goal match", "vote party", "chip phone"]
+    for record in records:
+        assert record["label"] in ("politics", "sport", "tech")
+        assert set(record["probabilities"]) == {"politics", "sport", "tech"}
+        assert abs(sum(record["probabilities"].values()) - 1.0) < 1e-5
+        assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+
+
+def test_predict_without_texts_fails(cli_run):
+    with pytest.raises(SystemExit, match="no texts"):
+        main(["predict", cli_run])
+
+
+def test_inspect_json_counts(tiny_bert_dir, capsys):
+    assert main(["inspect", "--model", tiny_bert_dir, "--policy", "last_n:1", "--num-labels", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trainable_params"] == 2224 + 51
+    assert report["total_params"] == 7459
+    assert [part["name"] for part in report["parts"]] == ["embeddings", "block_0", "block_1", "pooler", "head"]
+    assert report["parts"][2] == {"name": "block_1", "trainable": 2224, "total": 2224}
+
+
+def test_inspect_bad_policy_is_clear_error(tiny_bert_dir, capsys):
+    assert main(["inspect", "--model", tiny_bert_dir, "--policy", "last_n:7"]) == 1
+    assert "use K in 0..2" in capsys.readouterr().err
+
+
+def test_help_explains_every_training_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--num-train-epochs", "--per-device-train-batch-size", "--learning-rate", "--logging-dir",
+                 "--eval-strategy", "--overwrite-output-dir", "--max-seq-length", "--config"):
+        assert flag in text
+
+
+def test_unknown_dataset_error(tmp_path, capsys):
+    status = main(["train", "--dataset", "bbc", "--output-dir", str(tmp_path / "run"), "--quiet"])
+    assert status == 1
+    assert "Unknown dataset 'bbc'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
