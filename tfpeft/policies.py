@@ -4,7 +4,7 @@ A policy is applied per part (the embeddings, each block, the pooler) through Ke
 ``trainable`` flag on that part's layer. The main layer itself stays trainable, because a frozen
 parent hides children that are set trainable again. Frozen parts run in inference mode, so
 their dropout is off even while the head trains, which is the Keras transfer-learning
-convention; ``frozen_dropout=True`` keeps dropout on in frozen parts, as PyTorch does when a
+convention. ``frozen_dropout=True`` keeps dropout on in frozen parts, as PyTorch does when a
 frozen module stays in train mode.
 """
 
@@ -19,7 +19,7 @@ POLICY_KINDS = ("head", "last_n", "full")
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """A named rule that says which backbone parts train; the head always trains.
+    """A named rule that selects the backbone parts that train. The head always trains.
 
     Args:
         kind: str. ``head`` freezes the whole backbone, ``last_n`` trains the last

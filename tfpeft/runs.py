@@ -47,7 +47,7 @@ def check_output_dir(path, overwrite):
         return
     if not overwrite:
         raise OutputDirError(
-            f"output_dir {path!r} is not empty (it holds {', '.join(entries[:5])}"
+            f"output_dir {path!r} is not empty (it contains {', '.join(entries[:5])}"
             f"{', ...' if len(entries) > 5 else ''}). Choose a new folder, or pass "
             "--overwrite-output-dir (overwrite_output_dir=True) to replace the earlier run."
         )

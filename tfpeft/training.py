@@ -280,7 +280,7 @@ def library_versions():
 
 @dataclasses.dataclass
 class TrainResult:
-    """What ``train`` returns: the trained classifier, the run folder and ``results.json``'s data."""
+    """The result of ``train``: the trained classifier, the run folder and ``results.json``'s data."""
 
     classifier: object
     output_dir: str
