@@ -16,7 +16,8 @@ def test_read_csv_strips_and_drops_empty(tmp_path):
     examples = read_file(str(path))
     assert examples.texts == ["goal match", "chip phone"]
     assert examples.labels == ["sport", "tech"]
-    assert examples.rows == [f"{path} line 2", f"{path} line 5"]
+    assert examples.rows == ["line 2", "line 5"]
+    assert examples.locations() == [f"{path} line 2", f"{path} line 5"]
 
 
 def test_read_jsonl_custom_columns(tmp_path):
@@ -43,14 +44,14 @@ def test_missing_column_suggests_closest(tmp_path):
 def test_missing_label_names_rows(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("text,label\ngoal,sport\nchip,\nvote,politics\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"1 rows without a label .*data\.csv line 3"):
+    with pytest.raises(DataError, match=r"data\.csv: 1 row without a label in column 'label' \(line 3\)"):
         read_file(str(path))
 
 
 def test_invalid_utf8_suggests_encoding(tmp_path):
     path = tmp_path / "data.csv"
     path.write_bytes(b"text,label\ncaf\xe9,food\n")
-    with pytest.raises(DataError, match=r"not valid utf-8 .*--encoding latin-1"):
+    with pytest.raises(DataError, match=r"not valid utf-8: byte 0xe9 at byte offset 14 \(line 2\).*--encoding latin-1"):
         read_file(str(path))
     assert read_file(str(path), encoding="latin-1").texts == ["café"]
 

@@ -1,8 +1,15 @@
-"""Data for training and evaluation: sources, label maps, splits and the tf.data pipeline."""
+"""Data for training and evaluation: sources, checks, label maps, splits and the tf.data pipeline."""
 
+from tfpeft.data.files import read_file
 from tfpeft.data.labels import LabelMap
 from tfpeft.data.pipeline import EncodedTexts, encode_texts, make_dataset
-from tfpeft.data.sources import BUILTIN_DATASETS, TextExamples, load_builtin, read_file
+from tfpeft.data.sources import (
+    BUILTIN_DATASETS,
+    TextExamples,
+    from_dataframe,
+    load_builtin,
+    to_examples,
+)
 from tfpeft.data.splits import DataSplits, split_examples
 
 __all__ = [
@@ -12,8 +19,10 @@ __all__ = [
     "LabelMap",
     "TextExamples",
     "encode_texts",
+    "from_dataframe",
     "load_builtin",
     "make_dataset",
     "read_file",
     "split_examples",
+    "to_examples",
 ]

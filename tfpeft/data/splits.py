@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import math
 
+from tfpeft.data.checks import format_rows, label_place
 from tfpeft.errors import DataError
 
 
@@ -36,16 +37,18 @@ def split_examples(examples, *, validation_fraction=0.1, test_fraction=0.1, seed
     labels = [str(label) for label in examples.labels]
     counts = collections.Counter(labels)
     if len(counts) < 2:
-        raise DataError(f"{examples.name}: a classifier needs at least two classes; found {sorted(counts)}.")
+        raise DataError(f"{examples.source}: a classifier needs at least two classes; found {sorted(counts)}.")
     smallest = min(validation_fraction, test_fraction) or held_out
     needed = math.ceil(1.0 / smallest) if smallest > 0 else 2
-    rare = {label: count for label, count in counts.items() if count < needed}
+    rare = {label: count for label, count in sorted(counts.items()) if count < needed}
     if rare:
+        rare_rows = [row for row, label in zip(examples.rows, labels) if label in rare]
         raise DataError(
-            f"{examples.name}: the classes {rare} have too few examples for a stratified "
-            f"split with validation_fraction={validation_fraction} and "
-            f"test_fraction={test_fraction}: each class needs at least {needed}. Add examples, "
-            "or pass --validation-file and --test-file."
+            f"{examples.source}: the classes {rare}{label_place(examples)} have too few examples "
+            f"for a stratified split with validation_fraction={validation_fraction} and "
+            f"test_fraction={test_fraction}: each class needs at least {needed} (their rows: "
+            f"{format_rows(rare_rows)}). Add examples, remove those classes, or pass "
+            "--validation-file and --test-file."
         )
 
     indices = list(range(len(examples)))
