@@ -41,18 +41,23 @@ class SequencePooling(tf_keras.layers.Layer):
         return config
 
 
-def build_classifier(backbone, num_labels, *, pooling="mean", dropout=0.1, name="classifier"):
+def build_classifier(
+    backbone, num_labels, *, pooling="mean", dropout=0.1, token_type_ids=False, name="classifier"
+):
     """Build a tf_keras functional classifier on ``backbone``'s main layer.
 
     Inputs are ``input_ids`` and ``attention_mask`` (int32, ``[batch, length]``, any length up
-    to the backbone's position limit); the output is float32 logits, one per class. Build it
-    inside the strategy scope that will train it.
+    to the backbone's position limit). Sentence pairs on backbones that take segment ids add
+    ``token_type_ids``. The output is float32 logits, one per class. Build it inside the
+    strategy scope that will train it.
 
     Args:
         backbone: a ``Backbone``.
         num_labels: int. Number of classes, at least 2.
         pooling: str. ``mean`` (over the attention mask), ``cls`` or ``pooler``.
         dropout: float. Dropout rate before the head, in [0, 1).
+        token_type_ids: bool. Add the ``token_type_ids`` input (segment ids of sentence pairs).
+            Single-text models leave it out, and the backbone then uses segment 0 throughout.
         name: str. The model name.
 
     Returns:
@@ -71,19 +76,22 @@ def build_classifier(backbone, num_labels, *, pooling="mean", dropout=0.1, name=
         raise ConfigError(f"dropout must be in [0, 1); got {dropout!r}.")
 
     # Layers.
-    input_ids = tf_keras.Input(shape=(None,), dtype=tf.int32, name="input_ids")
-    attention_mask = tf_keras.Input(shape=(None,), dtype=tf.int32, name="attention_mask")
+    inputs = {
+        "input_ids": tf_keras.Input(shape=(None,), dtype=tf.int32, name="input_ids"),
+        "attention_mask": tf_keras.Input(shape=(None,), dtype=tf.int32, name="attention_mask"),
+    }
+    if token_type_ids:
+        inputs["token_type_ids"] = tf_keras.Input(shape=(None,), dtype=tf.int32, name="token_type_ids")
     head_dropout = tf_keras.layers.Dropout(dropout, name="head_dropout")
     head = tf_keras.layers.Dense(num_labels, dtype="float32", name="head")
 
     # Functional graph.
-    outputs = backbone.main_layer(input_ids=input_ids, attention_mask=attention_mask)
+    outputs = backbone.main_layer(**inputs)
     if pooling == "pooler":
         pooled = outputs.pooler_output
     else:
         pooled = SequencePooling(pooling, name=f"{pooling}_pooling")(
-            outputs.last_hidden_state, attention_mask
+            outputs.last_hidden_state, inputs["attention_mask"]
         )
     logits = head(head_dropout(pooled))
-    return tf_keras.Model(inputs={"input_ids": input_ids, "attention_mask": attention_mask},
-                          outputs=logits, name=name)
+    return tf_keras.Model(inputs=inputs, outputs=logits, name=name)

@@ -5,49 +5,134 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfpeft.data.truncation import check_truncation, cut_pieces, kept_positions
+from tfpeft.errors import ConfigError
+
 
 @dataclasses.dataclass
 class EncodedTexts:
-    """Token ids of many texts, right-padded into one matrix.
+    """Token ids of many texts (or sentence pairs), right-padded into one matrix.
 
     Args:
         input_ids: int32 array ``[num_texts, max_length]``, padded with ``pad_token_id``.
         lengths: int32 array ``[num_texts]``, the number of real tokens of each text.
         pad_token_id: int. The tokenizer's padding id.
+        token_type_ids: int32 array like ``input_ids`` or None. The segment of each token, for
+            sentence pairs on backbones that take segment ids (BERT); padded with 0.
+        full_lengths: int32 array ``[num_texts]`` or None. Tokens of each text before
+            truncation, special tokens included.
     """
 
     input_ids: np.ndarray
     lengths: np.ndarray
     pad_token_id: int
+    token_type_ids: np.ndarray = None
+    full_lengths: np.ndarray = None
 
     def __len__(self):
         return len(self.lengths)
 
 
-def encode_texts(tokenizer, texts, max_seq_length):
-    """Tokenize ``texts`` with special tokens, truncated to ``max_seq_length`` tokens."""
-    encoded = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_seq_length,
+def uses_token_type_ids(tokenizer, paired):
+    """Return True when sentence pairs for this tokenizer carry segment ids (BERT, not RoBERTa)."""
+    return bool(paired) and "token_type_ids" in tokenizer.model_input_names
+
+
+def encode_texts(tokenizer, texts, max_seq_length, *, text_pairs=None, truncation="head"):
+    """Tokenize texts (or sentence pairs) with special tokens, cut to ``max_seq_length`` tokens.
+
+    Texts are tokenized in full first, so that ``full_lengths`` records their real lengths,
+    and then cut by ``truncation`` (see ``tfpeft.data.truncation``). Pairs are encoded as the
+    tokenizer encodes pairs (``[CLS] a [SEP] b [SEP]`` for BERT, with segment ids).
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        texts: list of str.
+        max_seq_length: int. Tokens per text at most, special tokens included.
+        text_pairs: list of str or None. The second text of each pair.
+        truncation: str. ``head``, ``tail`` or ``head_tail``.
+    """
+    check_truncation(truncation)
+    texts = list(texts)
+    if text_pairs is not None:
+        text_pairs = list(text_pairs)
+        if len(text_pairs) != len(texts):
+            raise ConfigError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; pass one second text per text.")
+    with_type_ids = uses_token_type_ids(tokenizer, text_pairs is not None)
+    if not texts:
+        sequences, type_ids, full_lengths = [], [], []
+    elif tokenizer.is_fast:
+        sequences, type_ids, full_lengths = _encode_fast(tokenizer, texts, text_pairs, max_seq_length, truncation, with_type_ids)
+    else:
+        sequences, type_ids, full_lengths = _encode_slow(tokenizer, texts, text_pairs, max_seq_length, truncation, with_type_ids)
+
+    lengths = np.array([len(ids) for ids in sequences], dtype=np.int32)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = _pad(sequences, lengths, pad_token_id)
+    token_type_ids = _pad(type_ids, lengths, 0) if with_type_ids else None
+    return EncodedTexts(input_ids, lengths, pad_token_id, token_type_ids, np.array(full_lengths, dtype=np.int32))
+
+
+def _pad(sequences, lengths, value):
+    width = int(lengths.max()) if len(lengths) else 1
+    matrix = np.full((len(sequences), width), value, dtype=np.int32)
+    for row, ids in enumerate(sequences):
+        matrix[row, : len(ids)] = ids
+    return matrix
+
+
+def _encode_fast(tokenizer, texts, text_pairs, max_seq_length, truncation, with_type_ids):
+    # verbose=False silences the warning about texts over the model's limit: they are cut below.
+    encoding = tokenizer(
+        texts,
+        text_pairs,
+        truncation=False,
         padding=False,
         return_attention_mask=False,
-        return_token_type_ids=False,
-    )["input_ids"]
-    lengths = np.array([len(ids) for ids in encoded], dtype=np.int32)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = int(lengths.max()) if len(lengths) else 1
-    input_ids = np.full((len(encoded), width), pad_token_id, dtype=np.int32)
-    for row, ids in enumerate(encoded):
-        input_ids[row, : len(ids)] = ids
-    return EncodedTexts(input_ids, lengths, pad_token_id)
+        return_token_type_ids=with_type_ids,
+        verbose=False,
+    )
+    sequences, type_ids, full_lengths = [], [], []
+    for i, ids in enumerate(encoding["input_ids"]):
+        positions = kept_positions(encoding.sequence_ids(i), max_seq_length, truncation)
+        sequences.append(np.asarray(ids, dtype=np.int32)[positions])
+        if with_type_ids:
+            type_ids.append(np.asarray(encoding["token_type_ids"][i], dtype=np.int32)[positions])
+        full_lengths.append(len(ids))
+    return sequences, type_ids, full_lengths
+
+
+def _encode_slow(tokenizer, texts, text_pairs, max_seq_length, truncation, with_type_ids):
+    """Encode with a Python tokenizer, which has no ``sequence_ids``: cut the pieces, then add
+    the special tokens with ``prepare_for_model``."""
+    options = dict(add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)
+    first = tokenizer(texts, **options)["input_ids"]
+    second = tokenizer(text_pairs, **options)["input_ids"] if text_pairs is not None else [None] * len(texts)
+    num_special = tokenizer.num_special_tokens_to_add(pair=text_pairs is not None)
+    sequences, type_ids, full_lengths = [], [], []
+    for first_ids, second_ids in zip(first, second):
+        full_lengths.append(len(first_ids) + len(second_ids or []) + num_special)
+        first_ids, second_ids = cut_pieces(first_ids, second_ids, num_special, max_seq_length, truncation)
+        encoded = tokenizer.prepare_for_model(
+            first_ids,
+            second_ids,
+            add_special_tokens=True,
+            return_token_type_ids=with_type_ids,
+            return_attention_mask=False,
+            verbose=False,
+        )
+        sequences.append(np.asarray(encoded["input_ids"], dtype=np.int32))
+        if with_type_ids:
+            type_ids.append(np.asarray(encoded["token_type_ids"], dtype=np.int32))
+    return sequences, type_ids, full_lengths
 
 
 def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
     """Build a ``tf.data.Dataset`` of ``({"input_ids", "attention_mask"}, label)`` batches.
 
     Each batch is padded to its own longest text, not to ``max_seq_length``, so batches of
-    short texts cost less. Shuffling is seeded and differs from epoch to epoch.
+    short texts cost less. Shuffling is seeded and differs from epoch to epoch. Sentence pairs
+    encoded with segment ids add ``token_type_ids`` to the features.
 
     Args:
         encoded: ``EncodedTexts``.
@@ -56,7 +141,10 @@ def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
         shuffle: bool. Shuffle the examples before batching.
         seed: int or None. The shuffle seed.
     """
+    with_type_ids = encoded.token_type_ids is not None
     tensors = (encoded.input_ids, encoded.lengths)
+    if with_type_ids:
+        tensors += (encoded.token_type_ids,)
     if labels is not None:
         tensors += (np.asarray(labels, dtype=np.int32),)
     dataset = tf.data.Dataset.from_tensor_slices(tensors)
@@ -65,15 +153,20 @@ def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
 
     pad_token_id = encoded.pad_token_id
 
-    def trim(input_ids, length, *label):
+    def trim(input_ids, length, *rest):
         features = {
             "input_ids": input_ids[:length],
             "attention_mask": tf.ones([length], dtype=tf.int32),
         }
-        return (features, label[0]) if label else features
+        if with_type_ids:
+            features["token_type_ids"] = rest[0][:length]
+            rest = rest[1:]
+        return (features, rest[0]) if rest else features
 
     dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     padding_values = {"input_ids": pad_token_id, "attention_mask": 0}
+    if with_type_ids:
+        padding_values["token_type_ids"] = 0
     if labels is not None:
         padding_values = (padding_values, 0)
     dataset = dataset.padded_batch(batch_size, padding_values=padding_values)
