@@ -17,7 +17,8 @@ def _add_config_flags(parser):
     for field in dataclasses.fields(TrainingConfig):
         flags = [f"--{field.name.replace('_', '-')}"] + FLAG_ALIASES.get(field.name, [])
         default_text = "unset" if field.default is None else repr(field.default)
-        help_text = f"{field.metadata['help']} (default: {default_text})"
+        # argparse treats % as a format character; TFDS slices such as train[:90%] contain it.
+        help_text = f"{field.metadata['help']} (default: {default_text})".replace("%", "%%")
         kind = field_type(field)
         if kind is bool:
             group.add_argument(*flags, dest=field.name, action="store_true", default=None, help=help_text)
@@ -43,9 +44,9 @@ def _build_parser():
 
     evaluate = commands.add_parser("evaluate", help="Evaluate a run on a dataset; writes RUN_DIR/eval/NAME/.")
     evaluate.add_argument("run_dir", help="A finished run folder.")
-    evaluate.add_argument("--dataset", help="Built-in dataset: bbc_news or tweets.")
+    evaluate.add_argument("--dataset", help="Built-in dataset (bbc_news, tweets) or tfds:NAME, split as in the run.")
     evaluate.add_argument("--split", default="test", help="For --dataset: test, validation, train or all (default: test, the run's own test split).")
-    evaluate.add_argument("--test-file", help="A CSV or JSON Lines file, evaluated whole.")
+    evaluate.add_argument("--test-file", help="A CSV, TSV, JSON Lines or Parquet file, evaluated whole.")
     evaluate.add_argument("--text-column", help="Text column of --test-file (default: the run's).")
     evaluate.add_argument("--label-column", help="Label column of --test-file (default: the run's).")
     evaluate.add_argument("--encoding", help="Encoding of --test-file (default: the run's).")
@@ -56,6 +57,12 @@ def _build_parser():
     predict = commands.add_parser("predict", help="Predict labels; prints one JSON object per text.")
     predict.add_argument("run_dir", help="A finished run folder.")
     predict.add_argument("--text", action="append", default=[], help="A text to classify; repeat for more.")
+    predict.add_argument(
+        "--text-pair",
+        action="append",
+        default=None,
+        help="For runs trained on sentence pairs: the second text of the pair, one per --text, in order.",
+    )
     predict.add_argument("--input-file", help="A text file with one text per line.")
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")
 
@@ -107,7 +114,8 @@ def _read_texts(args):
 def _run_predict(args):
     import tfpeft
 
-    for record in tfpeft.predict(args.run_dir, _read_texts(args), batch_size=args.batch_size):
+    records = tfpeft.predict(args.run_dir, _read_texts(args), batch_size=args.batch_size, text_pairs=args.text_pair)
+    for record in records:
         print(json.dumps(record, ensure_ascii=False))
 
 

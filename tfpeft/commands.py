@@ -13,26 +13,36 @@ logger = logging.getLogger("tfpeft.commands")
 EVAL_SPLITS = ("test", "validation", "train", "all")
 
 
-def _evaluation_examples(classifier, dataset, test_file, split, text_column, label_column, encoding):
-    from tfpeft.data import load_builtin, read_file
+def _evaluation_examples(classifier, dataset, test_file, test_data, split, text_column, label_column, encoding):
+    from tfpeft.data import to_examples
+    from tfpeft.data.loading import load_training_examples, read_data_file
     from tfpeft.training import load_splits
 
     config = classifier.config
-    if (dataset is None) == (test_file is None):
-        raise ConfigError("Pass exactly one of --dataset (a built-in name) or --test-file (a file).")
-    if test_file is not None:
-        return read_file(
-            test_file,
-            text_column=text_column or config.text_column,
-            label_column=label_column or config.label_column,
-            encoding=encoding or config.encoding,
+    num_sources = sum(value is not None for value in (dataset, test_file, test_data))
+    if num_sources != 1:
+        raise ConfigError(
+            "Pass exactly one of --dataset (a built-in or tfds: name), --test-file (a file) or, "
+            "in Python, test_data."
         )
+    columns = dict(
+        text_column=text_column or config.text_column,
+        label_column=label_column or config.label_column,
+    )
+    if test_data is not None:
+        return to_examples(
+            test_data, text_pair_column=config.text_pair_column, on_empty_text=config.on_empty_text,
+            name="test_data", **columns,
+        )
+    if test_file is not None:
+        return read_data_file(config.replace(encoding=encoding or config.encoding, **columns), test_file)
     if split not in EVAL_SPLITS:
         raise ConfigError(f"Invalid split {split!r}; use one of: {', '.join(EVAL_SPLITS)}.")
+    source = config.replace(dataset=dataset, train_file=None, validation_file=None, test_file=None)
     if split == "all":
-        return load_builtin(dataset)
+        return load_training_examples(source)
     # The same seed and fractions as the run, so `test` is the run's own held-out test split.
-    splits = load_splits(config.replace(dataset=dataset, train_file=None, validation_file=None, test_file=None))
+    splits = load_splits(source)
     if split not in splits:
         raise ConfigError(f"The run's settings leave no {split!r} split of {dataset!r}; use --split all.")
     return splits[split]
@@ -43,6 +53,7 @@ def evaluate(
     *,
     dataset=None,
     test_file=None,
+    test_data=None,
     split="test",
     name=None,
     text_column=None,
@@ -60,10 +71,13 @@ def evaluate(
         run_dir: str. A finished run folder.
         dataset: str or None. A built-in dataset; ``split`` picks the part, split with the run's
             seed and fractions (``test`` is the run's own test split).
-        test_file: str or None. A CSV or JSON Lines file, evaluated whole.
+        test_file: str or None. A CSV, TSV, JSON Lines or Parquet file, evaluated whole.
+        test_data: a pandas DataFrame, dict of columns, ``(texts, labels)`` tuple or None,
+            evaluated whole.
         split: str. ``test``, ``validation``, ``train`` or ``all``, for ``dataset``.
         name: str or None. The folder name under ``eval/``; default from the data.
-        text_column, label_column, encoding: str or None. For ``test_file``; default the run's.
+        text_column, label_column, encoding: str or None. For ``test_file`` (the columns also
+            for ``test_data``); default the run's.
         overwrite: bool. Replace an earlier ``eval/<name>`` folder.
         verbose: int. 0 prints nothing.
 
@@ -76,9 +90,14 @@ def evaluate(
 
     progress = Progress(verbose)
     classifier = load(run_dir)
-    examples = _evaluation_examples(classifier, dataset, test_file, split, text_column, label_column, encoding)
+    examples = _evaluation_examples(
+        classifier, dataset, test_file, test_data, split, text_column, label_column, encoding
+    )
     if name is None:
-        name = f"{dataset}_{split}" if dataset else os.path.splitext(os.path.basename(test_file))[0]
+        if dataset:
+            name = f"{dataset.replace(':', '_').replace('/', '_')}_{split}"
+        else:
+            name = examples.name
     out_dir = os.path.join(run_dir, "eval", name)
     if os.path.exists(out_dir) and not overwrite:
         raise OutputDirError(
@@ -86,37 +105,57 @@ def evaluate(
             "--overwrite to replace it."
         )
 
-    label_ids = np.asarray(classifier.label_map.encode(examples.labels, examples.rows))
-    encoded = encode_texts(classifier.tokenizer, examples.texts, classifier.config.max_seq_length)
+    from tfpeft.data.checks import check_known_labels
+
+    check_known_labels(examples, classifier.labels, split="evaluation", train_source=f"run {run_dir}")
+    label_ids = np.asarray(classifier.label_map.encode(examples.labels, examples.locations()))
+    config = classifier.config
+    encoded = encode_texts(
+        classifier.tokenizer, examples.texts, config.max_seq_length,
+        text_pairs=examples.text_pairs, truncation=config.truncation,
+    )
     progress.step(f"Evaluating on {len(examples)} examples of {examples.name}")
-    batches = make_dataset(encoded, batch_size=classifier.config.per_device_eval_batch_size)
+    batches = make_dataset(encoded, batch_size=config.per_device_eval_batch_size)
     logits = predict_logits(classifier.model, batches)
     metrics = compute_metrics(label_ids, logits.argmax(axis=-1), classifier.label_map.names)
     metrics["loss"] = cross_entropy(logits, label_ids)
-    metrics["data"] = {"dataset": dataset, "test_file": test_file, "split": split if dataset else None}
+    metrics["data"] = {
+        "dataset": dataset,
+        "test_file": test_file,
+        "split": split if dataset else None,
+        "sha256": examples.fingerprint(),
+    }
 
     os.makedirs(out_dir, exist_ok=True)
-    write_predictions(os.path.join(out_dir, PREDICTIONS_FILE), examples.texts, label_ids, logits, classifier.labels)
+    write_predictions(
+        os.path.join(out_dir, PREDICTIONS_FILE), examples.texts, label_ids, logits, classifier.labels,
+        text_pairs=examples.text_pairs,
+    )
     write_json(os.path.join(out_dir, RESULTS_FILE), metrics)
     progress.block(format_metrics(metrics, title=name))
     progress.step(f"Evaluation saved to {out_dir}")
     return metrics
 
 
-def predict(run_dir, texts, *, batch_size=None):
-    """Return one dict per text: ``text``, ``label`` and ``probabilities`` by class name."""
+def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
+    """Return one dict per text: ``text``, ``label`` and ``probabilities`` by class name.
+
+    For a classifier trained on sentence pairs pass ``text_pairs``; each dict then has a
+    ``text_pair`` too.
+    """
     from tfpeft.runs import load
 
     classifier = run_dir if hasattr(run_dir, "predict_proba") else load(run_dir)
-    probabilities = classifier.predict_proba(texts, batch_size)
-    return [
-        {
-            "text": text,
-            "label": classifier.labels[int(row.argmax())],
-            "probabilities": {name: float(p) for name, p in zip(classifier.labels, row)},
-        }
-        for text, row in zip(texts, probabilities)
-    ]
+    probabilities = classifier.predict_proba(texts, batch_size, text_pairs=text_pairs)
+    records = []
+    for i, (text, row) in enumerate(zip(texts, probabilities)):
+        record = {"text": text}
+        if text_pairs is not None:
+            record["text_pair"] = text_pairs[i]
+        record["label"] = classifier.labels[int(row.argmax())]
+        record["probabilities"] = {name: float(p) for name, p in zip(classifier.labels, row)}
+        records.append(record)
+    return records
 
 
 def inspect(model="minilm", policy="last_n:2", *, pooling="mean", num_labels=2, frozen_dropout=False):

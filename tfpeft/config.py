@@ -12,6 +12,11 @@ import typing
 import warnings
 from typing import Optional
 
+from tfpeft.data.files import ENCODING_ERRORS
+from tfpeft.data.labels import CLASS_WEIGHTS
+from tfpeft.data.sources import EMPTY_TEXT_ACTIONS
+from tfpeft.data.tfds_source import TFDS_PREFIX
+from tfpeft.data.truncation import TRUNCATIONS
 from tfpeft.errors import ConfigError, TfpeftWarning, closest_match
 
 logger = logging.getLogger("tfpeft.config")
@@ -55,16 +60,41 @@ class TrainingConfig:
     )
 
     # Data.
-    dataset: Optional[str] = _field(None, "Built-in dataset: bbc_news or tweets.")
-    train_file: Optional[str] = _field(None, "Training data, a CSV or JSON Lines file.")
+    dataset: Optional[str] = _field(
+        None, "Built-in dataset (bbc_news, tweets) or a TFDS dataset as tfds:NAME, e.g. tfds:glue/sst2."
+    )
+    train_file: Optional[str] = _field(None, "Training data: a CSV, TSV, JSON Lines or Parquet file.")
     validation_file: Optional[str] = _field(None, "Validation data; default: split from training data.")
     test_file: Optional[str] = _field(None, "Test data; default: split from training data.")
-    text_column: str = _field("text", "Column (or JSON key) that holds the text.")
-    label_column: str = _field("label", "Column (or JSON key) that holds the label.")
-    encoding: str = _field("utf-8", "Text encoding of the data files.")
+    text_column: str = _field("text", "Column (or JSON key, or TFDS feature) that holds the text.")
+    text_pair_column: Optional[str] = _field(
+        None, "Column of the second text of sentence pairs (paraphrase, entailment); unset for single texts."
+    )
+    label_column: str = _field("label", "Column (or JSON key, or TFDS feature) that holds the label.")
+    encoding: str = _field("utf-8", "Text encoding of CSV, TSV and JSON files, e.g. utf-8 or latin-1.")
+    encoding_errors: str = _field(
+        "strict", "Undecodable bytes in data files: strict (fail) or replace (with U+FFFD, count logged)."
+    )
+    on_empty_text: str = _field("drop", "Empty or whitespace-only texts: drop (count logged) or error.")
+    tfds_data_dir: Optional[str] = _field(
+        None, "TFDS data folder for tfds: datasets; default: TFDS's own (~/tensorflow_datasets)."
+    )
+    tfds_train_split: str = _field("train", "TFDS split for training; slices work, e.g. 'train[:90%]'.")
+    tfds_validation_split: Optional[str] = _field(
+        None, "TFDS split for validation; default: split from the training data."
+    )
+    tfds_test_split: Optional[str] = _field(None, "TFDS split for the test; default: split from the training data.")
+    tfds_download: bool = _field(
+        False, "Let TFDS download and prepare a tfds: dataset missing from the data folder."
+    )
     validation_fraction: float = _field(0.1, "Share of the data held out for validation.")
     test_fraction: float = _field(0.1, "Share of the data held out for the test.")
     max_seq_length: int = _field(128, "Maximum tokens per text, special tokens included.")
+    truncation: str = _field(
+        "head",
+        "Tokens kept of longer texts: head (the start), tail (the end) or head_tail (a quarter "
+        "from the start, the rest from the end).",
+    )
     max_train_samples: Optional[int] = _field(None, "Use at most this many training examples.")
     max_eval_samples: Optional[int] = _field(
         None, "Use at most this many validation and test examples each."
@@ -90,6 +120,9 @@ class TrainingConfig:
         None, "Stop after this many epochs without a better validation metric."
     )
     logging_dir: Optional[str] = _field(None, "TensorBoard event folder; default OUTPUT_DIR/logs.")
+    class_weight: str = _field(
+        "none", "Loss weight per class: none, or balanced (examples / (classes * class examples))."
+    )
     seed: int = _field(42, "Seed of the split, the shuffling and the head's initial weights.")
 
     def __post_init__(self):
@@ -127,15 +160,40 @@ class TrainingConfig:
                 "early_stopping_patience needs a validation metric each epoch, but "
                 "eval_strategy='no'. Set eval_strategy='epoch' or drop early_stopping_patience."
             )
+        require(self.truncation in TRUNCATIONS, "truncation", f"use one of {', '.join(TRUNCATIONS)}")
+        require(self.encoding_errors in ENCODING_ERRORS, "encoding_errors", "use 'strict' or 'replace'")
+        require(self.on_empty_text in EMPTY_TEXT_ACTIONS, "on_empty_text", "use 'drop' or 'error'")
+        require(self.class_weight in CLASS_WEIGHTS, "class_weight", "use 'none' or 'balanced'")
+        require(_is_codec(self.encoding), "encoding", "use a Python codec name such as utf-8, latin-1 or cp1252")
+        self._validate_data_sources()
+
+        from tfpeft.policies import parse_policy
+
+        parse_policy(self.policy)
+
+    def _validate_data_sources(self):
         if self.dataset is not None and self.train_file is not None:
             raise ConfigError(
                 f"Both dataset={self.dataset!r} and train_file={self.train_file!r} are set; "
                 "pass one source of training data."
             )
-
-        from tfpeft.policies import parse_policy
-
-        parse_policy(self.policy)
+        is_tfds = self.dataset is not None and self.dataset.startswith(TFDS_PREFIX)
+        if is_tfds and not self.dataset[len(TFDS_PREFIX):]:
+            raise ConfigError(f"Invalid dataset={self.dataset!r}: name the TFDS dataset, e.g. tfds:imdb_reviews.")
+        tfds_settings = ("tfds_data_dir", "tfds_validation_split", "tfds_test_split")
+        for name in tfds_settings:
+            if getattr(self, name) is not None and not is_tfds:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} applies only to TFDS datasets, but "
+                    f"dataset={self.dataset!r}. Pass --dataset tfds:NAME, or drop {name}."
+                )
+        for role in ("validation", "test"):
+            path, split = getattr(self, f"{role}_file"), getattr(self, f"tfds_{role}_split")
+            if path is not None and split is not None:
+                raise ConfigError(
+                    f"Both {role}_file={path!r} and tfds_{role}_split={split!r} are set; pass one "
+                    f"source of {role} data."
+                )
 
     @property
     def best_metric(self):
@@ -219,3 +277,13 @@ def _check_type(field, value):
             f"Invalid {field.name}={value!r}: expected {expected.__name__}, got "
             f"{type(value).__name__}."
         )
+
+
+def _is_codec(name):
+    import codecs
+
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True

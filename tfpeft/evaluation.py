@@ -75,17 +75,20 @@ def predict_logits(model, dataset):
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
 
 
-def write_predictions(path, texts, label_ids, logits, label_names):
+def write_predictions(path, texts, label_ids, logits, label_names, text_pairs=None):
     """Write one CSV row per example: text, true label, predicted label, each class probability.
 
-    ``label_ids`` may be None for unlabelled texts; the ``label`` column is then empty.
+    ``label_ids`` may be None for unlabelled texts; the ``label`` column is then empty. For
+    sentence pairs a ``text_pair`` column follows ``text``.
     """
     probabilities = softmax(logits)
     predicted = probabilities.argmax(axis=-1)
+    text_header = ["text"] if text_pairs is None else ["text", "text_pair"]
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
-        writer.writerow(["text", "label", "predicted_label"] + [f"prob_{name}" for name in label_names])
+        writer.writerow(text_header + ["label", "predicted_label"] + [f"prob_{name}" for name in label_names])
         for i, text in enumerate(texts):
             true_name = label_names[label_ids[i]] if label_ids is not None else ""
-            row = [text, true_name, label_names[predicted[i]]]
+            text_fields = [text] if text_pairs is None else [text, text_pairs[i]]
+            row = text_fields + [true_name, label_names[predicted[i]]]
             writer.writerow(row + [f"{p:.6f}" for p in probabilities[i]])

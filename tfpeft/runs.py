@@ -20,7 +20,7 @@ import shutil
 
 import numpy as np
 
-from tfpeft.errors import OutputDirError, RunFolderError
+from tfpeft.errors import ConfigError, OutputDirError, RunFolderError
 
 CONFIG_FILE = "config.toml"
 LABEL_MAP_FILE = "label_map.json"
@@ -104,7 +104,9 @@ class TextClassifier:
     """A trained classifier that predicts class names for raw strings.
 
     Returned by ``tfpeft.load``. ``model`` is the tf_keras model, which takes token ids;
-    ``predict`` and ``predict_proba`` tokenize first.
+    ``predict`` and ``predict_proba`` tokenize first, with the run's ``max_seq_length`` and
+    ``truncation``. A classifier trained on sentence pairs (``config.text_pair_column`` set)
+    needs ``text_pairs``, one second text per text.
 
     Example:
 
@@ -125,27 +127,48 @@ class TextClassifier:
     def labels(self):
         return list(self.label_map.names)
 
-    def predict_logits(self, texts, batch_size=None):
+    @property
+    def takes_pairs(self):
+        """True when the classifier was trained on sentence pairs."""
+        return self.config.text_pair_column is not None
+
+    def predict_logits(self, texts, batch_size=None, *, text_pairs=None):
         """Return float32 logits ``[len(texts), num_labels]``."""
         from tfpeft.data import encode_texts, make_dataset
         from tfpeft.evaluation import predict_logits
 
         texts = [str(text) for text in texts]
+        if self.takes_pairs and text_pairs is None:
+            raise ConfigError(
+                f"This classifier was trained on sentence pairs (text_pair_column="
+                f"{self.config.text_pair_column!r}); pass text_pairs with one second text per text."
+            )
+        if not self.takes_pairs and text_pairs is not None:
+            raise ConfigError("This classifier was trained on single texts; drop text_pairs.")
+        if text_pairs is not None:
+            text_pairs = [str(text) for text in text_pairs]
         if not texts:
             return np.zeros((0, self.label_map.num_labels), dtype=np.float32)
-        encoded = encode_texts(self.tokenizer, texts, self.config.max_seq_length)
+        encoded = encode_texts(
+            self.tokenizer,
+            texts,
+            self.config.max_seq_length,
+            text_pairs=text_pairs,
+            truncation=self.config.truncation,
+        )
         batch_size = batch_size or self.config.per_device_eval_batch_size
         return predict_logits(self.model, make_dataset(encoded, batch_size=batch_size))
 
-    def predict_proba(self, texts, batch_size=None):
+    def predict_proba(self, texts, batch_size=None, *, text_pairs=None):
         """Return class probabilities ``[len(texts), num_labels]``, columns in ``labels`` order."""
         from tfpeft.evaluation import softmax
 
-        return softmax(self.predict_logits(texts, batch_size))
+        return softmax(self.predict_logits(texts, batch_size, text_pairs=text_pairs))
 
-    def predict(self, texts, batch_size=None):
-        """Return the predicted class name of each text."""
-        return self.label_map.decode(self.predict_logits(texts, batch_size).argmax(axis=-1))
+    def predict(self, texts, batch_size=None, *, text_pairs=None):
+        """Return the predicted class name of each text (or sentence pair)."""
+        logits = self.predict_logits(texts, batch_size, text_pairs=text_pairs)
+        return self.label_map.decode(logits.argmax(axis=-1))
 
 
 def load(run_dir):
@@ -183,6 +206,7 @@ def load(run_dir):
         label_map.num_labels,
         pooling=settings["pooling"],
         dropout=settings["classifier_dropout"],
+        token_type_ids=settings.get("token_type_ids", False),
     )
     policy = apply_policy(
         backbone, settings["policy"], pooling=settings["pooling"], frozen_dropout=settings["frozen_dropout"]

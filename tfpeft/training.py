@@ -16,7 +16,11 @@ import tensorflow as tf
 import tf_keras
 
 from tfpeft.config import TrainingConfig
-from tfpeft.data import LabelMap, encode_texts, load_builtin, make_dataset, read_file, split_examples
+from tfpeft.data import LabelMap, encode_texts, make_dataset
+from tfpeft.data.checks import log_class_counts
+from tfpeft.data.labels import balanced_class_weights, class_counts
+from tfpeft.data.loading import load_splits
+from tfpeft.data.truncation import log_truncation
 from tfpeft.errors import ConfigError
 from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
 from tfpeft.progress import Progress
@@ -107,57 +111,17 @@ class PreparedData:
     splits: dict  # split name -> TextExamples, for "train", "validation", "test" where present
     label_ids: dict  # split name -> list of int
     encoded: dict  # split name -> EncodedTexts
+    length_summaries: dict = dataclasses.field(default_factory=dict)  # split name -> length_summary
+
+    @property
+    def token_type_ids(self):
+        """True when the texts are sentence pairs encoded with segment ids."""
+        return any(encoded.token_type_ids is not None for encoded in self.encoded.values())
 
     def dataset(self, split, batch_size, *, shuffle=False, seed=None, with_labels=True):
         """Return the tf.data pipeline of ``split``."""
         labels = self.label_ids[split] if with_labels else None
         return make_dataset(self.encoded[split], labels, batch_size=batch_size, shuffle=shuffle, seed=seed)
-
-
-def load_splits(config):
-    """Read the configured data and return ``{"train", "validation", "test"}`` examples.
-
-    Explicit validation and test files take the place of their split; what is missing is split
-    from the training data, stratified and seeded.
-    """
-    if config.dataset is not None:
-        examples = load_builtin(config.dataset)
-    elif config.train_file is not None:
-        examples = _read_data_file(config, config.train_file)
-    else:
-        raise ConfigError(
-            "No training data: pass --dataset bbc_news (or tweets), or --train-file with a "
-            "CSV or JSON Lines file."
-        )
-
-    explicit = {
-        "validation": config.validation_file and _read_data_file(config, config.validation_file),
-        "test": config.test_file and _read_data_file(config, config.test_file),
-    }
-    fractions = {
-        "validation": 0.0 if explicit["validation"] else config.validation_fraction,
-        "test": 0.0 if explicit["test"] else config.test_fraction,
-    }
-    if fractions["validation"] or fractions["test"]:
-        split = split_examples(
-            examples,
-            validation_fraction=fractions["validation"],
-            test_fraction=fractions["test"],
-            seed=config.seed,
-        )
-        splits = {"train": split.train, "validation": split.validation, "test": split.test}
-    else:
-        splits = {"train": examples, "validation": None, "test": None}
-    for name, given in explicit.items():
-        if given:
-            splits[name] = given
-    return {name: examples for name, examples in splits.items() if examples is not None}
-
-
-def _read_data_file(config, path):
-    return read_file(
-        path, text_column=config.text_column, label_column=config.label_column, encoding=config.encoding
-    )
 
 
 def _limit(examples, max_samples):
@@ -186,13 +150,17 @@ def prepare_data(config, tokenizer, *, label_map=None, splits=None):
         raise ConfigError(
             f"The training data has only the class {label_map.names}; a classifier needs at least two."
         )
-    label_ids = {name: label_map.encode(ex.labels, ex.rows) for name, ex in splits.items()}
-    encoded = {
-        name: encode_texts(tokenizer, ex.texts, config.max_seq_length) for name, ex in splits.items()
-    }
+    label_ids = {name: label_map.encode(ex.labels, ex.locations()) for name, ex in splits.items()}
+    encoded, length_summaries = {}, {}
     for name, ex in splits.items():
         logger.info("%s split: %d examples", name, len(ex))
-    return PreparedData(label_map, splits, label_ids, encoded)
+        encoded[name] = encode_texts(
+            tokenizer, ex.texts, config.max_seq_length, text_pairs=ex.text_pairs, truncation=config.truncation
+        )
+        length_summaries[name] = log_truncation(
+            f"{name} split", encoded[name].full_lengths, config.max_seq_length, config.truncation
+        )
+    return PreparedData(label_map, splits, label_ids, encoded, length_summaries)
 
 
 class EpochEvaluation(tf_keras.callbacks.Callback):
@@ -297,11 +265,19 @@ def _build_config(config, overrides):
     return config
 
 
-def train(config=None, *, verbose=1, **overrides):
+def train(config=None, *, train_data=None, validation_data=None, test_data=None, verbose=1, **overrides):
     """Fine-tune a backbone under a freezing policy, evaluate it and save the run folder.
+
+    Every data check runs before the backbone is loaded and before the run folder is created,
+    so bad data leaves no folder behind.
 
     Args:
         config: ``TrainingConfig``, a TOML file path, or None for the defaults.
+        train_data, validation_data, test_data: in-memory data in place of ``dataset`` or the
+            data files: a pandas DataFrame or a dict of columns (named by ``text_column``,
+            ``label_column`` and ``text_pair_column``), a ``(texts, labels)`` or
+            ``(texts, text_pairs, labels)`` tuple, or ``TextExamples``. The run folder does
+            not keep such data, so ``config.toml`` alone cannot repeat the run.
         verbose: int. 0 prints nothing; 1 prints progress, the parameter report and results.
         **overrides: ``TrainingConfig`` fields that replace the config's values.
 
@@ -338,7 +314,7 @@ def train(config=None, *, verbose=1, **overrides):
 
     # Data errors are found before the slower backbone load.
     progress.step("Reading data")
-    splits = load_splits(config)
+    splits = load_splits(config, train_data=train_data, validation_data=validation_data, test_data=test_data)
     progress.step(f"Loading backbone {config.model_name_or_path}")
     backbone = load_backbone(config.model_name_or_path)
     progress.step("Tokenizing")
@@ -359,6 +335,7 @@ def train(config=None, *, verbose=1, **overrides):
             data.label_map.num_labels,
             pooling=config.pooling,
             dropout=config.classifier_dropout,
+            token_type_ids=data.token_type_ids,
         )
         policy = apply_policy(
             backbone, config.policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout
@@ -375,11 +352,17 @@ def train(config=None, *, verbose=1, **overrides):
     callbacks, evaluation = _callbacks(config, data, eval_batch_size)
     progress.step(f"Training {config.num_train_epochs} epochs of {steps_per_epoch} steps")
     start = time.monotonic()
+    num_labels = data.label_map.num_labels
+    class_weight = None
+    if config.class_weight == "balanced":
+        class_weight = balanced_class_weights(data.label_ids["train"], num_labels)
+    log_class_counts(data.splits["train"], data.label_map, data.label_ids["train"], class_weight)
     history = model.fit(
         train_dataset,
         epochs=config.num_train_epochs,
         callbacks=callbacks,
         verbose=progress.keras_verbose,
+        class_weight=class_weight,
     )
     train_seconds = time.monotonic() - start
     epochs_completed = len(history.epoch)
@@ -395,6 +378,11 @@ def train(config=None, *, verbose=1, **overrides):
         "test": None,
         "num_examples": {name: len(examples) for name, examples in data.splits.items()},
         "train_data_sha256": data.splits["train"].fingerprint(),
+        "class_counts": dict(zip(data.label_map.names, class_counts(data.label_ids["train"], num_labels))),
+        "class_weight": (
+            {data.label_map.names[i]: weight for i, weight in class_weight.items()} if class_weight else None
+        ),
+        "sequence_lengths": data.length_summaries,
         "strategy": type(strategy).__name__,
         "num_replicas": num_replicas,
         "versions": library_versions(),
@@ -410,6 +398,7 @@ def train(config=None, *, verbose=1, **overrides):
             data.label_ids["test"],
             logits,
             data.label_map.names,
+            text_pairs=data.splits["test"].text_pairs,
         )
         progress.block(format_metrics(metrics))
 
@@ -425,6 +414,7 @@ def train(config=None, *, verbose=1, **overrides):
             "policy": policy.name,
             "frozen_dropout": config.frozen_dropout,
             "num_labels": data.label_map.num_labels,
+            "token_type_ids": data.token_type_ids,
         },
     )
     write_json(os.path.join(config.output_dir, RESULTS_FILE), results)

@@ -3,7 +3,11 @@
 import json
 import numbers
 
+import numpy as np
+
 from tfpeft.errors import DataError
+
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 class LabelMap:
@@ -72,3 +76,23 @@ class LabelMap:
 
     def __repr__(self):
         return f"LabelMap({self.names!r})"
+
+
+def class_counts(label_ids, num_labels):
+    """Return the number of examples of each class id, as a list of ``num_labels`` ints."""
+    return np.bincount(np.asarray(label_ids, dtype=np.int64), minlength=num_labels).tolist()
+
+
+def balanced_class_weights(label_ids, num_labels):
+    """Return ``{class id: weight}`` with scikit-learn's ``balanced`` rule.
+
+    The weight of class ``c`` is ``num_examples / (num_labels * count(c))``, so every class
+    contributes the same total weight to the loss. A class without examples gets weight 1.0,
+    which never applies because no example has it.
+    """
+    counts = class_counts(label_ids, num_labels)
+    num_examples = sum(counts)
+    return {
+        class_id: num_examples / (num_labels * count) if count else 1.0
+        for class_id, count in enumerate(counts)
+    }
