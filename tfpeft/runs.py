@@ -141,10 +141,11 @@ class TextClassifier:
         if self.takes_pairs and text_pairs is None:
             raise ConfigError(
                 f"This classifier was trained on sentence pairs (text_pair_column="
-                f"{self.config.text_pair_column!r}); pass text_pairs with one second text per text."
+                f"{self.config.text_pair_column!r}); pass text_pairs (--text-pair on the command "
+                "line) with one second text per text."
             )
         if not self.takes_pairs and text_pairs is not None:
-            raise ConfigError("This classifier was trained on single texts; drop text_pairs.")
+            raise ConfigError("This classifier was trained on single texts; drop text_pairs (--text-pair).")
         if text_pairs is not None:
             text_pairs = [str(text) for text in text_pairs]
         if not texts:
