@@ -70,7 +70,7 @@ def evaluate(
     Returns:
         The metrics dict written to ``eval/<name>/results.json``.
     """
-    from tfpeft.data import encode_texts, make_dataset
+    from tfpeft.data import encode_texts_in_chunks, make_dataset
     from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
     from tfpeft.runs import PREDICTIONS_FILE, RESULTS_FILE, load, write_json
 
@@ -87,10 +87,11 @@ def evaluate(
         )
 
     label_ids = np.asarray(classifier.label_map.encode(examples.labels, examples.rows))
-    encoded = encode_texts(classifier.tokenizer, examples.texts, classifier.config.max_seq_length)
+    tokenizing = progress.task("Tokenizing", len(examples), "texts")
+    encoded = encode_texts_in_chunks(classifier.tokenizer, examples.texts, classifier.config.max_seq_length, task=tokenizing)
     progress.step(f"Evaluating on {len(examples)} examples of {examples.name}")
     batches = make_dataset(encoded, batch_size=classifier.config.per_device_eval_batch_size)
-    logits = predict_logits(classifier.model, batches)
+    logits = predict_logits(classifier.model, batches, callbacks=[progress.predict_callback("Predicting")])
     metrics = compute_metrics(label_ids, logits.argmax(axis=-1), classifier.label_map.names)
     metrics["loss"] = cross_entropy(logits, label_ids)
     metrics["data"] = {"dataset": dataset, "test_file": test_file, "split": split if dataset else None}

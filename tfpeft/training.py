@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfpeft.config import TrainingConfig
-from tfpeft.data import LabelMap, encode_texts, load_builtin, make_dataset, read_file, split_examples
+from tfpeft.data import LabelMap, encode_texts_in_chunks, load_builtin, make_dataset, read_file, split_examples
 from tfpeft.errors import ConfigError
 from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
 from tfpeft.progress import Progress
@@ -166,7 +166,7 @@ def _limit(examples, max_samples):
     return examples.subset(range(max_samples))
 
 
-def prepare_data(config, tokenizer, *, label_map=None, splits=None):
+def prepare_data(config, tokenizer, *, label_map=None, splits=None, progress=None):
     """Load, split, label and tokenize the configured data.
 
     Args:
@@ -174,6 +174,7 @@ def prepare_data(config, tokenizer, *, label_map=None, splits=None):
         tokenizer: the backbone's tokenizer.
         label_map: ``LabelMap`` or None. None builds it from the training labels.
         splits: dict or None. Examples from ``load_splits(config)`` when already read.
+        progress: ``Progress`` or None. Shows the tokenizing; None prints nothing.
     """
     splits = dict(splits or load_splits(config))
     splits["train"] = _limit(splits["train"], config.max_train_samples)
@@ -187,8 +188,10 @@ def prepare_data(config, tokenizer, *, label_map=None, splits=None):
             f"The training data has only the class {label_map.names}; a classifier needs at least two."
         )
     label_ids = {name: label_map.encode(ex.labels, ex.rows) for name, ex in splits.items()}
+    tokenizing = (progress or Progress(0)).task("Tokenizing", sum(len(ex) for ex in splits.values()), "texts")
     encoded = {
-        name: encode_texts(tokenizer, ex.texts, config.max_seq_length) for name, ex in splits.items()
+        name: encode_texts_in_chunks(tokenizer, ex.texts, config.max_seq_length, task=tokenizing)
+        for name, ex in splits.items()
     }
     for name, ex in splits.items():
         logger.info("%s split: %d examples", name, len(ex))
@@ -255,9 +258,9 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
             logger.info("Restored the weights of epoch %d, the best by val_%s", self.best_epoch, self.metric)
 
 
-def evaluate_model(model, data, split, batch_size):
+def evaluate_model(model, data, split, batch_size, *, callbacks=None):
     """Return ``(metrics, logits)`` of ``model`` on ``split`` of ``PreparedData``."""
-    logits = predict_logits(model, data.dataset(split, batch_size, with_labels=False))
+    logits = predict_logits(model, data.dataset(split, batch_size, with_labels=False), callbacks=callbacks)
     label_ids = np.asarray(data.label_ids[split])
     metrics = compute_metrics(label_ids, logits.argmax(axis=-1), data.label_map.names)
     metrics["loss"] = cross_entropy(logits, label_ids)
@@ -341,8 +344,7 @@ def train(config=None, *, verbose=1, **overrides):
     splits = load_splits(config)
     progress.step(f"Loading backbone {config.model_name_or_path}")
     backbone = load_backbone(config.model_name_or_path)
-    progress.step("Tokenizing")
-    data = prepare_data(config, backbone.tokenizer, splits=splits)
+    data = prepare_data(config, backbone.tokenizer, splits=splits, progress=progress)
     sizes = ", ".join(f"{name} {len(examples)}" for name, examples in data.splits.items())
     progress.step(f"Data: {sizes} examples; classes: {', '.join(data.label_map.names)}")
 
@@ -372,7 +374,7 @@ def train(config=None, *, verbose=1, **overrides):
     data.label_map.save(os.path.join(config.output_dir, LABEL_MAP_FILE))
 
     train_dataset = data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
-    callbacks, evaluation = _callbacks(config, data, eval_batch_size)
+    callbacks, evaluation = _callbacks(config, data, eval_batch_size, progress)
     progress.step(f"Training {config.num_train_epochs} epochs of {steps_per_epoch} steps")
     start = time.monotonic()
     history = model.fit(
@@ -401,7 +403,9 @@ def train(config=None, *, verbose=1, **overrides):
     }
     if "test" in data.splits:
         progress.step("Evaluating on the test split")
-        metrics, logits = evaluate_model(model, data, "test", eval_batch_size)
+        metrics, logits = evaluate_model(
+            model, data, "test", eval_batch_size, callbacks=[progress.predict_callback("Predicting the test split")]
+        )
         results["test"] = _without_loss_key(metrics)
         results["test"]["loss"] = metrics["loss"]
         write_predictions(
@@ -437,7 +441,7 @@ def _without_loss_key(metrics):
     return {key: value for key, value in metrics.items() if key != "loss"} if metrics else None
 
 
-def _callbacks(config, data, eval_batch_size):
+def _callbacks(config, data, eval_batch_size, progress):
     """Return the fit callbacks, validation first so later ones see its metrics."""
     callbacks = []
     evaluation = None
@@ -457,7 +461,7 @@ def _callbacks(config, data, eval_batch_size):
         logger.warning("eval_strategy='epoch' but there is no validation split; the last epoch is kept")
 
     # Listed after the evaluation so that it prints the validation metrics too.
-    callbacks.append(tf_keras.callbacks.ProgbarLogger(count_mode="steps"))
+    callbacks.append(progress.fit_callback())
     logging_dir = config.logging_dir or os.path.join(config.output_dir, "logs")
     callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=logging_dir, write_graph=False))
     if config.early_stopping_patience is not None and evaluation is not None:

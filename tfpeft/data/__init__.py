@@ -1,7 +1,7 @@
 """Data for training and evaluation: sources, label maps, splits and the tf.data pipeline."""
 
 from tfpeft.data.labels import LabelMap
-from tfpeft.data.pipeline import EncodedTexts, encode_texts, make_dataset
+from tfpeft.data.pipeline import EncodedTexts, encode_texts, encode_texts_in_chunks, make_dataset
 from tfpeft.data.sources import BUILTIN_DATASETS, TextExamples, load_builtin, read_file
 from tfpeft.data.splits import DataSplits, split_examples
 
@@ -12,6 +12,7 @@ __all__ = [
     "LabelMap",
     "TextExamples",
     "encode_texts",
+    "encode_texts_in_chunks",
     "load_builtin",
     "make_dataset",
     "read_file",

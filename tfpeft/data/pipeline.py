@@ -43,6 +43,42 @@ def encode_texts(tokenizer, texts, max_seq_length):
     return EncodedTexts(input_ids, lengths, pad_token_id)
 
 
+def encode_texts_in_chunks(tokenizer, texts, max_seq_length, *, task=None, chunk_size=1024, **kwargs):
+    """Tokenize ``texts`` like ``encode_texts``, ``chunk_size`` texts at a time.
+
+    Args:
+        tokenizer, texts, max_seq_length: as for ``encode_texts``; other keyword arguments
+            go to it too.
+        task: a ``tfpeft.progress.ProgressTask`` or None. Advanced by the texts of each chunk,
+            so a long dataset shows its progress while it is tokenized.
+        chunk_size: int. Texts per tokenizer call.
+    """
+    texts = list(texts)
+    if not texts:
+        # Fast tokenizers of transformers 4.54 raise IndexError on an empty batch.
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return EncodedTexts(np.zeros((0, 1), dtype=np.int32), np.zeros(0, dtype=np.int32), pad_token_id)
+
+    chunks = []
+    for start in range(0, len(texts), chunk_size):
+        chunk_texts = texts[start : start + chunk_size]
+        chunks.append(encode_texts(tokenizer, chunk_texts, max_seq_length, **kwargs))
+        if task is not None:
+            task.advance(len(chunk_texts))
+    if len(chunks) == 1:
+        return chunks[0]
+
+    pad_token_id = chunks[0].pad_token_id
+    lengths = np.concatenate([chunk.lengths for chunk in chunks])
+    width = max(chunk.input_ids.shape[1] for chunk in chunks)
+    input_ids = np.full((len(lengths), width), pad_token_id, dtype=np.int32)
+    row = 0
+    for chunk in chunks:
+        input_ids[row : row + len(chunk), : chunk.input_ids.shape[1]] = chunk.input_ids
+        row += len(chunk)
+    return EncodedTexts(input_ids, lengths, pad_token_id)
+
+
 def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
     """Build a ``tf.data.Dataset`` of ``({"input_ids", "attention_mask"}, label)`` batches.
 
