@@ -53,8 +53,9 @@ def evaluate(
 ):
     """Evaluate a run on other data and write ``RUN_DIR/eval/<name>/``.
 
-    The run's own ``results.json`` is never touched. An existing ``eval/<name>`` folder is kept
-    unless ``overwrite`` is set.
+    The folder gets ``results.json``, ``predictions.csv`` and the report files of
+    ``tfpeft.write_run_report``. The run's own ``results.json`` is never touched. An existing
+    ``eval/<name>`` folder is kept unless ``overwrite`` is set.
 
     Args:
         run_dir: str. A finished run folder.
@@ -72,6 +73,7 @@ def evaluate(
     """
     from tfpeft.data import encode_texts_in_chunks, make_dataset
     from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
+    from tfpeft.reports import write_run_report
     from tfpeft.runs import PREDICTIONS_FILE, RESULTS_FILE, load, write_json
 
     progress = Progress(verbose)
@@ -99,8 +101,9 @@ def evaluate(
     os.makedirs(out_dir, exist_ok=True)
     write_predictions(os.path.join(out_dir, PREDICTIONS_FILE), examples.texts, label_ids, logits, classifier.labels)
     write_json(os.path.join(out_dir, RESULTS_FILE), metrics)
+    write_run_report(out_dir, run_dir=run_dir)
     progress.block(format_metrics(metrics, title=name))
-    progress.step(f"Evaluation saved to {out_dir}")
+    progress.step(f"Evaluation saved to {out_dir}; see report.md there")
     return metrics
 
 

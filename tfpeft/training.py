@@ -320,6 +320,7 @@ def train(config=None, *, verbose=1, **overrides):
     from tfpeft.backbones import load_backbone
     from tfpeft.model import build_classifier
     from tfpeft.policies import apply_policy, parameter_report
+    from tfpeft.reports import write_run_report
     from tfpeft.runs import (
         CONFIG_FILE,
         LABEL_MAP_FILE,
@@ -432,7 +433,8 @@ def train(config=None, *, verbose=1, **overrides):
         },
     )
     write_json(os.path.join(config.output_dir, RESULTS_FILE), results)
-    progress.step(f"Run saved to {config.output_dir}")
+    write_run_report(config.output_dir)
+    progress.step(f"Run saved to {config.output_dir}; see report.md there")
     classifier = TextClassifier(model, backbone, data.label_map, config, policy)
     return TrainResult(classifier, config.output_dir, results)
 

@@ -1,0 +1,9 @@
+"""Reports that show how a run or several runs went: pictures, tables and report.md.
+
+matplotlib draws on its Agg canvas only (see ``plots``), so reports work without a display.
+"""
+
+from tfpeft.reports.comparison import compare
+from tfpeft.reports.run_report import write_run_report
+
+__all__ = ["compare", "write_run_report"]
