@@ -19,7 +19,7 @@ from tfpeft.training import (  # noqa: E402
     train,
 )
 from tfpeft.commands import evaluate, inspect, predict  # noqa: E402
-from tfpeft.reports import compare, write_run_report  # noqa: E402
+from tfpeft.reports import compare, write_run_report, write_search_report  # noqa: E402
 
 __all__ = [
     "Backbone",
@@ -42,4 +42,5 @@ __all__ = [
     "prepare_data",
     "train",
     "write_run_report",
+    "write_search_report",
 ]
