@@ -52,3 +52,17 @@ def test_minilm_run_loads_and_predicts(minilm_run):
     assert json.load(open(os.path.join(minilm_run.output_dir, "label_map.json"))) == [
         "business", "entertainment", "politics", "sports", "tech",
     ]
+
+
+def test_minilm_run_report(minilm_run):
+    from PIL import Image
+
+    for name in ("training_curves.png", "confusion_matrix.png"):
+        with Image.open(os.path.join(minilm_run.output_dir, name)) as image:
+            assert image.format == "PNG"
+            assert image.size[0] >= 400
+            assert image.size[1] >= 300
+    report = open(os.path.join(minilm_run.output_dir, "report.md"), encoding="utf-8").read()
+    for name in minilm_run.results["test"]["per_class"]:
+        assert f"| {name} | " in report
+    assert f"| accuracy | {minilm_run.results['test']['accuracy']:.4f} |" in report

@@ -19,6 +19,7 @@ from tfpeft.training import (  # noqa: E402
     train,
 )
 from tfpeft.commands import evaluate, inspect, predict  # noqa: E402
+from tfpeft.reports import compare, write_run_report, write_search_report  # noqa: E402
 
 __all__ = [
     "Backbone",
@@ -28,6 +29,7 @@ __all__ = [
     "TrainingConfig",
     "apply_policy",
     "build_classifier",
+    "compare",
     "compile_classifier",
     "evaluate",
     "evaluate_model",
@@ -39,4 +41,6 @@ __all__ = [
     "predict",
     "prepare_data",
     "train",
+    "write_run_report",
+    "write_search_report",
 ]

@@ -66,6 +66,14 @@ def _build_parser():
     predict.add_argument("--input-file", help="A text file with one text per line.")
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")
 
+    compare = commands.add_parser(
+        "compare", help="Compare run folders; prints a table, writes comparison.csv and comparison.png."
+    )
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Finished run folders, in table order.")
+    compare.add_argument("--output-dir", default=".", help="Folder for comparison.csv and comparison.png (default: the current folder).")
+    compare.add_argument("--overwrite", action="store_true", help="Replace an earlier comparison.csv and comparison.png there.")
+    compare.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
     inspect.add_argument("--policy", default="last_n:2", help="Freezing policy (default: last_n:2).")
@@ -136,6 +144,12 @@ def _run_evaluate(args):
     )
 
 
+def _run_compare(args):
+    import tfpeft
+
+    tfpeft.compare(args.run_dirs, output_dir=args.output_dir, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
+
+
 def _run_inspect(args):
     import tfpeft
 
@@ -146,7 +160,13 @@ def _run_inspect(args):
         print(f"Policy {args.policy} on {args.model}:\n{report.format()}")
 
 
-COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "inspect": _run_inspect}
+COMMANDS = {
+    "train": _run_train,
+    "evaluate": _run_evaluate,
+    "predict": _run_predict,
+    "compare": _run_compare,
+    "inspect": _run_inspect,
+}
 
 
 def main(argv=None):

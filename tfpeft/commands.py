@@ -64,8 +64,9 @@ def evaluate(
 ):
     """Evaluate a run on other data and write ``RUN_DIR/eval/<name>/``.
 
-    The run's own ``results.json`` is never touched. An existing ``eval/<name>`` folder is kept
-    unless ``overwrite`` is set.
+    The folder gets ``results.json``, ``predictions.csv`` and the report files of
+    ``tfpeft.write_run_report``. The run's own ``results.json`` is never touched. An existing
+    ``eval/<name>`` folder is kept unless ``overwrite`` is set.
 
     Args:
         run_dir: str. A finished run folder.
@@ -84,8 +85,9 @@ def evaluate(
     Returns:
         The metrics dict written to ``eval/<name>/results.json``.
     """
-    from tfpeft.data import encode_texts, make_dataset
+    from tfpeft.data import encode_texts_in_chunks, make_dataset
     from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
+    from tfpeft.reports import write_run_report
     from tfpeft.runs import PREDICTIONS_FILE, RESULTS_FILE, load, write_json
 
     progress = Progress(verbose)
@@ -110,13 +112,14 @@ def evaluate(
     check_known_labels(examples, classifier.labels, split="evaluation", train_source=f"run {run_dir}")
     label_ids = np.asarray(classifier.label_map.encode(examples.labels, examples.locations()))
     config = classifier.config
-    encoded = encode_texts(
+    tokenizing = progress.task("Tokenizing", len(examples), "texts")
+    encoded = encode_texts_in_chunks(
         classifier.tokenizer, examples.texts, config.max_seq_length,
-        text_pairs=examples.text_pairs, truncation=config.truncation,
+        text_pairs=examples.text_pairs, truncation=config.truncation, task=tokenizing,
     )
     progress.step(f"Evaluating on {len(examples)} examples of {examples.name}")
     batches = make_dataset(encoded, batch_size=config.per_device_eval_batch_size)
-    logits = predict_logits(classifier.model, batches)
+    logits = predict_logits(classifier.model, batches, callbacks=[progress.predict_callback("Predicting")])
     metrics = compute_metrics(label_ids, logits.argmax(axis=-1), classifier.label_map.names)
     metrics["loss"] = cross_entropy(logits, label_ids)
     metrics["data"] = {
@@ -132,8 +135,9 @@ def evaluate(
         text_pairs=examples.text_pairs,
     )
     write_json(os.path.join(out_dir, RESULTS_FILE), metrics)
+    write_run_report(out_dir, run_dir=run_dir)
     progress.block(format_metrics(metrics, title=name))
-    progress.step(f"Evaluation saved to {out_dir}")
+    progress.step(f"Evaluation saved to {out_dir}; see report.md there")
     return metrics
 
 

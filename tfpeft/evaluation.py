@@ -70,9 +70,9 @@ def format_metrics(metrics, title="test"):
     return "\n".join(lines)
 
 
-def predict_logits(model, dataset):
+def predict_logits(model, dataset, callbacks=None):
     """Return the float32 logits of ``model`` over every batch of ``dataset``."""
-    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+    return np.asarray(model.predict(dataset, verbose=0, callbacks=callbacks), dtype=np.float32)
 
 
 def write_predictions(path, texts, label_ids, logits, label_names, text_pairs=None):

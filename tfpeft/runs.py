@@ -9,6 +9,9 @@ Layout::
       model/               backbone config.json, classifier.json and the TF checkpoint weights
       results.json         test metrics, parameter counts, policy, timings, versions
       predictions.csv      test predictions
+      report.md            metrics, per-class table, parameter report and pictures (tfpeft.reports)
+      training_curves.png, confusion_matrix.png, errors.csv
+                           the pictures and the most confident test mistakes
       checkpoints/         the best weights so far, while training (save_strategy='epoch')
       logs/                TensorBoard event files (logging_dir)
       eval/<name>/         results of `tfpeft evaluate` on other data

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfpeft.config import TrainingConfig
-from tfpeft.data import LabelMap, encode_texts, make_dataset
+from tfpeft.data import LabelMap, encode_texts_in_chunks, make_dataset
 from tfpeft.data.checks import log_class_counts
 from tfpeft.data.labels import balanced_class_weights, class_counts
 from tfpeft.data.loading import load_splits
@@ -130,7 +130,7 @@ def _limit(examples, max_samples):
     return examples.subset(range(max_samples))
 
 
-def prepare_data(config, tokenizer, *, label_map=None, splits=None):
+def prepare_data(config, tokenizer, *, label_map=None, splits=None, progress=None):
     """Load, split, label and tokenize the configured data.
 
     Args:
@@ -138,6 +138,7 @@ def prepare_data(config, tokenizer, *, label_map=None, splits=None):
         tokenizer: the backbone's tokenizer.
         label_map: ``LabelMap`` or None. None builds it from the training labels.
         splits: dict or None. Examples from ``load_splits(config)`` when already read.
+        progress: ``Progress`` or None. Shows the tokenizing; None prints nothing.
     """
     splits = dict(splits or load_splits(config))
     splits["train"] = _limit(splits["train"], config.max_train_samples)
@@ -151,11 +152,13 @@ def prepare_data(config, tokenizer, *, label_map=None, splits=None):
             f"The training data has only the class {label_map.names}; a classifier needs at least two."
         )
     label_ids = {name: label_map.encode(ex.labels, ex.locations()) for name, ex in splits.items()}
+    tokenizing = (progress or Progress(0)).task("Tokenizing", sum(len(ex) for ex in splits.values()), "texts")
     encoded, length_summaries = {}, {}
     for name, ex in splits.items():
         logger.info("%s split: %d examples", name, len(ex))
-        encoded[name] = encode_texts(
-            tokenizer, ex.texts, config.max_seq_length, text_pairs=ex.text_pairs, truncation=config.truncation
+        encoded[name] = encode_texts_in_chunks(
+            tokenizer, ex.texts, config.max_seq_length,
+            text_pairs=ex.text_pairs, truncation=config.truncation, task=tokenizing,
         )
         length_summaries[name] = log_truncation(
             f"{name} split", encoded[name].full_lengths, config.max_seq_length, config.truncation
@@ -223,9 +226,9 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
             logger.info("Restored the weights of epoch %d, the best by val_%s", self.best_epoch, self.metric)
 
 
-def evaluate_model(model, data, split, batch_size):
+def evaluate_model(model, data, split, batch_size, *, callbacks=None):
     """Return ``(metrics, logits)`` of ``model`` on ``split`` of ``PreparedData``."""
-    logits = predict_logits(model, data.dataset(split, batch_size, with_labels=False))
+    logits = predict_logits(model, data.dataset(split, batch_size, with_labels=False), callbacks=callbacks)
     label_ids = np.asarray(data.label_ids[split])
     metrics = compute_metrics(label_ids, logits.argmax(axis=-1), data.label_map.names)
     metrics["loss"] = cross_entropy(logits, label_ids)
@@ -293,6 +296,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     from tfpeft.backbones import load_backbone
     from tfpeft.model import build_classifier
     from tfpeft.policies import apply_policy, parameter_report
+    from tfpeft.reports import write_run_report
     from tfpeft.runs import (
         CONFIG_FILE,
         LABEL_MAP_FILE,
@@ -317,8 +321,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     splits = load_splits(config, train_data=train_data, validation_data=validation_data, test_data=test_data)
     progress.step(f"Loading backbone {config.model_name_or_path}")
     backbone = load_backbone(config.model_name_or_path)
-    progress.step("Tokenizing")
-    data = prepare_data(config, backbone.tokenizer, splits=splits)
+    data = prepare_data(config, backbone.tokenizer, splits=splits, progress=progress)
     sizes = ", ".join(f"{name} {len(examples)}" for name, examples in data.splits.items())
     progress.step(f"Data: {sizes} examples; classes: {', '.join(data.label_map.names)}")
 
@@ -349,7 +352,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     data.label_map.save(os.path.join(config.output_dir, LABEL_MAP_FILE))
 
     train_dataset = data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
-    callbacks, evaluation = _callbacks(config, data, eval_batch_size)
+    callbacks, evaluation = _callbacks(config, data, eval_batch_size, progress)
     progress.step(f"Training {config.num_train_epochs} epochs of {steps_per_epoch} steps")
     start = time.monotonic()
     num_labels = data.label_map.num_labels
@@ -389,7 +392,9 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     }
     if "test" in data.splits:
         progress.step("Evaluating on the test split")
-        metrics, logits = evaluate_model(model, data, "test", eval_batch_size)
+        metrics, logits = evaluate_model(
+            model, data, "test", eval_batch_size, callbacks=[progress.predict_callback("Predicting the test split")]
+        )
         results["test"] = _without_loss_key(metrics)
         results["test"]["loss"] = metrics["loss"]
         write_predictions(
@@ -418,7 +423,8 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         },
     )
     write_json(os.path.join(config.output_dir, RESULTS_FILE), results)
-    progress.step(f"Run saved to {config.output_dir}")
+    write_run_report(config.output_dir)
+    progress.step(f"Run saved to {config.output_dir}; see report.md there")
     classifier = TextClassifier(model, backbone, data.label_map, config, policy)
     return TrainResult(classifier, config.output_dir, results)
 
@@ -427,7 +433,7 @@ def _without_loss_key(metrics):
     return {key: value for key, value in metrics.items() if key != "loss"} if metrics else None
 
 
-def _callbacks(config, data, eval_batch_size):
+def _callbacks(config, data, eval_batch_size, progress):
     """Return the fit callbacks, validation first so later ones see its metrics."""
     callbacks = []
     evaluation = None
@@ -447,7 +453,7 @@ def _callbacks(config, data, eval_batch_size):
         logger.warning("eval_strategy='epoch' but there is no validation split; the last epoch is kept")
 
     # Listed after the evaluation so that it prints the validation metrics too.
-    callbacks.append(tf_keras.callbacks.ProgbarLogger(count_mode="steps"))
+    callbacks.append(progress.fit_callback())
     logging_dir = config.logging_dir or os.path.join(config.output_dir, "logs")
     callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=logging_dir, write_graph=False))
     if config.early_stopping_patience is not None and evaluation is not None:

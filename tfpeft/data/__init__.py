@@ -2,7 +2,7 @@
 
 from tfpeft.data.files import read_file
 from tfpeft.data.labels import LabelMap
-from tfpeft.data.pipeline import EncodedTexts, encode_texts, make_dataset
+from tfpeft.data.pipeline import EncodedTexts, encode_texts, encode_texts_in_chunks, make_dataset
 from tfpeft.data.sources import (
     BUILTIN_DATASETS,
     TextExamples,
@@ -19,6 +19,7 @@ __all__ = [
     "LabelMap",
     "TextExamples",
     "encode_texts",
+    "encode_texts_in_chunks",
     "from_dataframe",
     "load_builtin",
     "make_dataset",

@@ -127,6 +127,38 @@ def _encode_slow(tokenizer, texts, text_pairs, max_seq_length, truncation, with_
     return sequences, type_ids, full_lengths
 
 
+def encode_texts_in_chunks(tokenizer, texts, max_seq_length, *, text_pairs=None, task=None, chunk_size=1024, **kwargs):
+    """Tokenize ``texts`` like ``encode_texts``, ``chunk_size`` texts at a time.
+
+    Args:
+        tokenizer, texts, max_seq_length, text_pairs: as for ``encode_texts``; other keyword
+            arguments go to it too.
+        task: a ``tfpeft.progress.ProgressTask`` or None. Advanced by the texts of each chunk,
+            so a long dataset shows its progress while it is tokenized.
+        chunk_size: int. Texts per tokenizer call.
+    """
+    texts = list(texts)
+    chunks = []
+    for start in range(0, max(len(texts), 1), chunk_size):
+        chunk_pairs = None if text_pairs is None else list(text_pairs)[start : start + chunk_size]
+        chunk_texts = texts[start : start + chunk_size]
+        chunks.append(encode_texts(tokenizer, chunk_texts, max_seq_length, text_pairs=chunk_pairs, **kwargs))
+        if task is not None:
+            task.advance(len(chunk_texts))
+    if len(chunks) == 1:
+        return chunks[0]
+
+    lengths = np.concatenate([chunk.lengths for chunk in chunks])
+    sequences = [row[:length] for chunk in chunks for row, length in zip(chunk.input_ids, chunk.lengths)]
+    input_ids = _pad(sequences, lengths, chunks[0].pad_token_id)
+    token_type_ids = None
+    if chunks[0].token_type_ids is not None:
+        type_rows = [row[:length] for chunk in chunks for row, length in zip(chunk.token_type_ids, chunk.lengths)]
+        token_type_ids = _pad(type_rows, lengths, 0)
+    full_lengths = np.concatenate([chunk.full_lengths for chunk in chunks])
+    return EncodedTexts(input_ids, lengths, chunks[0].pad_token_id, token_type_ids, full_lengths)
+
+
 def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
     """Build a ``tf.data.Dataset`` of ``({"input_ids", "attention_mask"}, label)`` batches.
 
