@@ -19,13 +19,17 @@ from tfpeft.training import (  # noqa: E402
     train,
 )
 from tfpeft.commands import evaluate, inspect, predict  # noqa: E402
+from tfpeft.search_space import SearchParameter  # noqa: E402
+from tfpeft.tuning import TuningOptions, tune  # noqa: E402
 
 __all__ = [
     "Backbone",
     "LabelMap",
     "Policy",
+    "SearchParameter",
     "TextClassifier",
     "TrainingConfig",
+    "TuningOptions",
     "apply_policy",
     "build_classifier",
     "compile_classifier",
@@ -39,4 +43,5 @@ __all__ = [
     "predict",
     "prepare_data",
     "train",
+    "tune",
 ]

@@ -287,7 +287,8 @@ class TrainResult:
     results: dict
 
 
-def _build_config(config, overrides):
+def build_config(config, overrides):
+    """Return a ``TrainingConfig`` from a config, a TOML path or None, with ``overrides`` applied."""
     if config is None:
         return TrainingConfig.from_dict({}, **overrides)
     if isinstance(config, (str, os.PathLike)):
@@ -329,7 +330,7 @@ def train(config=None, *, verbose=1, **overrides):
         write_json,
     )
 
-    config = _build_config(config, overrides)
+    config = build_config(config, overrides)
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
