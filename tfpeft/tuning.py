@@ -7,7 +7,9 @@ classifier itself. Any KerasTuner oracle drives it: random, Bayesian, Hyperband 
 One search loads the backbone and tokenizes the data once. The classifier is built once and,
 before every trial, its weights are reset to the pretrained backbone and the initial head, so
 no trial starts from another trial's weights. Hyperband's promoted trials are the exception:
-they continue from the weights their earlier run saved.
+they continue from the weights their earlier run saved. Trials that share the settings traced
+into a train function (policy, dropout, weight decay, ...) also share one compiled model, so
+memory stays flat however many trials run.
 
 KerasTuner can spread one search over several machines (a chief oracle and workers found
 through ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT``). ``tune`` rejects that mode:
@@ -155,6 +157,21 @@ def _trial_config(base, values):
     return base.replace(**changes)
 
 
+def _release_memory():
+    """Collect garbage and return freed heap pages to the system where glibc allows it.
+
+    Without ``malloc_trim``, glibc keeps the peak of each trial's activations mapped, and the
+    resident memory of a search creeps up trial after trial although nothing leaks.
+    """
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to trim
+
+
 def _resident_memory_mb():
     import psutil
 
@@ -175,6 +192,43 @@ class _TrialFailed(Exception):
 
 class SearchFailedError(TfpeftError, RuntimeError):
     """A search that ended without a usable trial."""
+
+
+# Settings that are traced into a compiled train function as Python constants: trials that
+# differ in one of them need their own compiled model.
+TRACED_SETTINGS = (
+    "policy",
+    "pooling",
+    "frozen_dropout",
+    "classifier_dropout",
+    "weight_decay",
+    "max_grad_norm",
+    "lr_scheduler_type",
+)
+
+
+def _trial_schedule(decay):
+    """Return a ``WarmupDecaySchedule`` whose rate and step counts are variables, set per trial."""
+    import tensorflow as tf
+
+    from tfpeft.training import WarmupDecaySchedule
+
+    class TrialSchedule(WarmupDecaySchedule):
+        def __init__(self):
+            super().__init__(1.0, 1, 0, decay)
+            self.peak_variable = tf.Variable(1.0, trainable=False, name="peak_learning_rate")
+            self.total_variable = tf.Variable(1.0, trainable=False, name="total_steps")
+            self.warmup_variable = tf.Variable(0.0, trainable=False, name="warmup_steps")
+
+        def set(self, peak_learning_rate, total_steps, warmup_steps):
+            self.peak_variable.assign(peak_learning_rate)
+            self.total_variable.assign(float(total_steps))
+            self.warmup_variable.assign(float(warmup_steps))
+
+        def schedule_values(self):
+            return self.peak_variable, self.total_variable, self.warmup_variable
+
+    return TrialSchedule()
 
 
 def _make_tuner_class():
@@ -236,6 +290,7 @@ class _Search:
                 dropout=base_config.classifier_dropout,
             )
         # The pretrained backbone and the initial head, restored before every new trial.
+        self.variants = {}
         # Paired with their variables, because model.weights reorders when `trainable` changes.
         self.initial_weights = [(variable, variable.numpy()) for variable in self.model.weights]
         self.pretrained_fingerprint = _weights_fingerprint(backbone.main_layer.weights)
@@ -275,12 +330,41 @@ class _Search:
             restore_weights(self.model, os.path.join(self.trial_dir(previous), "weights"))
         return previous
 
+    def _compiled_variant(self, config):
+        """Return ``(model, schedule)`` compiled for ``config``'s traced settings.
+
+        Every compile traces a new train function of the whole backbone, and TensorFlow 2.21
+        keeps each traced graph alive (about 100 MB for MiniLM), so a search that recompiled
+        for every trial grew by that much per trial. Instead, trials that share the traced
+        settings share one compiled model, whose layers are the search's classifier, and only
+        reset its optimizer state and set its learning-rate variables.
+        """
+        import tf_keras
+
+        from tfpeft.policies import apply_policy
+        from tfpeft.training import compile_classifier
+
+        key = tuple(getattr(config, name) for name in TRACED_SETTINGS)
+        with self.strategy.scope():
+            apply_policy(self.backbone, config.policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout)
+            if key not in self.variants:
+                self.model.get_layer("head_dropout").rate = config.classifier_dropout
+                variant = tf_keras.Model(self.model.inputs, self.model.outputs, name=f"{self.model.name}_{len(self.variants)}")
+                schedule = _trial_schedule(config.lr_scheduler_type)
+                compile_classifier(variant, config, total_steps=1, schedule=schedule)
+                self.variants[key] = (variant, schedule)
+        variant, schedule = self.variants[key]
+        # The dropout rate is read when a train function is traced; later variants may differ.
+        self.model.get_layer("head_dropout").rate = config.classifier_dropout
+        for variable in variant.optimizer.variables:
+            variable.assign(tf_keras.backend.zeros_like(variable))
+        return variant, schedule
+
     def run_trial(self, trial):
         import tensorflow as tf
         import tf_keras
 
-        from tfpeft.policies import apply_policy
-        from tfpeft.training import EpochEvaluation, compile_classifier
+        from tfpeft.training import EpochEvaluation
 
         values = dict(trial.hyperparameters.values)
         config = _trial_config(self.base_config, values)
@@ -298,19 +382,14 @@ class _Search:
         scores = []
         summary = {"trial_id": trial.trial_id, "hyperparameters": values, "status": "RUNNING"}
         self._write_summary(trial.trial_id, summary)
+        total_steps = steps_per_epoch * max(epochs - initial_epoch, 1)
         for execution in range(self.options.executions_per_trial):
-            # The previous trial's functions and optimizer are dropped here; the data and the
-            # classifier's variables are kept and reset.
-            tf_keras.backend.clear_session()
-            gc.collect()
+            _release_memory()
             promoted_from = self._reset_weights(values)
             summary["promoted_from"] = promoted_from
             summary["backbone_start_sha256"] = _weights_fingerprint(self.backbone.main_layer.weights)
-
-            with self.strategy.scope():
-                apply_policy(self.backbone, config.policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout)
-                self.model.get_layer("head_dropout").rate = config.classifier_dropout
-                compile_classifier(self.model, config, steps_per_epoch * max(epochs - initial_epoch, 1))
+            model, schedule = self._compiled_variant(config)
+            schedule.set(config.learning_rate, total_steps, math.ceil(config.warmup_ratio * total_steps))
             evaluation = EpochEvaluation(
                 self.data.dataset("validation", eval_batch, with_labels=False),
                 self.data.label_ids["validation"],
@@ -319,7 +398,7 @@ class _Search:
             )
             train_dataset = self.data.dataset("train", train_batch, shuffle=True, seed=config.seed + execution)
             try:
-                history = self.model.fit(
+                history = model.fit(
                     train_dataset,
                     initial_epoch=initial_epoch,
                     epochs=epochs,
