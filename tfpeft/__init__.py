@@ -20,13 +20,17 @@ from tfpeft.training import (  # noqa: E402
 )
 from tfpeft.commands import evaluate, inspect, predict  # noqa: E402
 from tfpeft.reports import compare, write_run_report, write_search_report  # noqa: E402
+from tfpeft.search_space import SearchParameter  # noqa: E402
+from tfpeft.tuning import TuningOptions, tune  # noqa: E402
 
 __all__ = [
     "Backbone",
     "LabelMap",
     "Policy",
+    "SearchParameter",
     "TextClassifier",
     "TrainingConfig",
+    "TuningOptions",
     "apply_policy",
     "build_classifier",
     "compare",
@@ -41,6 +45,7 @@ __all__ = [
     "predict",
     "prepare_data",
     "train",
+    "tune",
     "write_run_report",
     "write_search_report",
 ]

@@ -73,6 +73,26 @@ def _build_parser():
     compare.add_argument("--output-dir", default=".", help="Folder for comparison.csv and comparison.png (default: the current folder).")
     compare.add_argument("--overwrite", action="store_true", help="Replace an earlier comparison.csv and comparison.png there.")
     compare.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    tune = commands.add_parser("tune", help="Search training settings with KerasTuner; writes OUTPUT_DIR/tuning/.")
+    tune.add_argument("--config", help="TOML file of TrainingConfig fields with optional [search] and [tuning] tables.")
+    tune.add_argument(
+        "--search",
+        action="append",
+        default=None,
+        metavar="NAME=SPEC",
+        help="A searched setting, repeatable: learning_rate=log:1e-5:1e-3, unfreeze_depth=int:0:6, "
+        "num_train_epochs=choice:1,2,3, weight_decay=float:0:0.1:0.05. Replaces the [search] table. "
+        "Default: learning_rate=log:1e-5:1e-3 and unfreeze_depth from 0 to the number of blocks.",
+    )
+    tune.add_argument("--tuner", help="Oracle: random, bayesian, hyperband or grid (default: random).")
+    tune.add_argument("--max-trials", type=int, help="Trials to run (default: 10; grid: every combination); not for hyperband.")
+    tune.add_argument("--executions-per-trial", type=int, help="Trainings per trial, averaged (default: 1).")
+    tune.add_argument("--max-epochs", type=int, help="Hyperband's largest epoch budget (default: num_train_epochs).")
+    tune.add_argument("--factor", type=int, help="Hyperband's reduction factor (default: 3).")
+    tune.add_argument("--objective", help="val_macro_f1 (default), val_accuracy or val_loss.")
+    tune.add_argument("--retrain-best", action="store_true", help="Train the best config into OUTPUT_DIR/best/ and test it.")
+    tune.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    _add_config_flags(tune)
 
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
@@ -88,8 +108,7 @@ def _configure_logging(quiet):
     logging.getLogger("tfpeft").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-def _run_train(args):
-    import tfpeft
+def _config_overrides(args):
     from tfpeft.config import TrainingConfig
 
     overrides = {
@@ -99,11 +118,42 @@ def _run_train(args):
     }
     if args.evaluation_strategy is not None:
         overrides["evaluation_strategy"] = args.evaluation_strategy
+    return overrides
+
+
+def _run_train(args):
+    import tfpeft
+    from tfpeft.config import TrainingConfig
+
+    overrides = _config_overrides(args)
     if args.config:
         config = TrainingConfig.from_toml(args.config, **overrides)
     else:
         config = TrainingConfig.from_dict({}, source="command-line flags", **overrides)
     tfpeft.train(config, verbose=0 if args.quiet else 1)
+
+
+def _run_tune(args):
+    import tfpeft
+    from tfpeft.config import TrainingConfig
+    from tfpeft.tuning import TuningOptions, read_tuning_file
+
+    settings, space, option_values = ({}, None, {})
+    if args.config:
+        settings, space, option_values = read_tuning_file(args.config)
+    source = args.config or "command-line flags"
+    config = TrainingConfig.from_dict(settings, source=source, **_config_overrides(args))
+    for name in ("tuner", "max_trials", "executions_per_trial", "max_epochs", "factor", "objective"):
+        if getattr(args, name) is not None:
+            option_values[name] = getattr(args, name)
+    space = args.search if args.search is not None else (space or None)
+    tfpeft.tune(
+        config,
+        space=space,
+        options=TuningOptions(**option_values),
+        retrain_best=args.retrain_best,
+        verbose=0 if args.quiet else 1,
+    )
 
 
 def _read_texts(args):
@@ -162,6 +212,7 @@ def _run_inspect(args):
 
 COMMANDS = {
     "train": _run_train,
+    "tune": _run_tune,
     "evaluate": _run_evaluate,
     "predict": _run_predict,
     "compare": _run_compare,

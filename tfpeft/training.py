@@ -45,20 +45,27 @@ class WarmupDecaySchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
         self.decay = decay
 
+    def schedule_values(self):
+        """Return the peak rate, the total steps and the warmup steps as float32 tensors."""
+        return (
+            tf.constant(self.peak_learning_rate, tf.float32),
+            tf.constant(float(self.total_steps), tf.float32),
+            tf.constant(float(self.warmup_steps), tf.float32),
+        )
+
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        peak = tf.constant(self.peak_learning_rate, tf.float32)
-        warmup = float(max(self.warmup_steps, 1))
-        warmup_rate = peak * step / warmup
-        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
-        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        peak, total_steps, warmup_steps = self.schedule_values()
+        warmup_rate = peak * step / tf.maximum(warmup_steps, 1.0)
+        decay_steps = tf.maximum(total_steps - warmup_steps, 1.0)
+        progress = tf.clip_by_value((step - warmup_steps) / decay_steps, 0.0, 1.0)
         if self.decay == "linear":
             decayed = peak * (1.0 - progress)
         elif self.decay == "cosine":
             decayed = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
         else:
             decayed = peak
-        return tf.where(step < self.warmup_steps, warmup_rate, decayed)
+        return tf.where(step < warmup_steps, warmup_rate, decayed)
 
     def get_config(self):
         return {
@@ -69,9 +76,12 @@ class WarmupDecaySchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def create_optimizer(config, total_steps):
-    """Return AdamW with the config's schedule, weight decay and gradient clipping."""
-    schedule = WarmupDecaySchedule(
+def create_optimizer(config, total_steps, schedule=None):
+    """Return AdamW with the config's schedule, weight decay and gradient clipping.
+
+    ``schedule`` replaces the learning-rate schedule built from the config.
+    """
+    schedule = schedule or WarmupDecaySchedule(
         config.learning_rate,
         total_steps,
         warmup_steps=int(math.ceil(config.warmup_ratio * total_steps)),
@@ -87,10 +97,10 @@ def create_optimizer(config, total_steps):
     return optimizer
 
 
-def compile_classifier(model, config, total_steps):
+def compile_classifier(model, config, total_steps, schedule=None):
     """Compile ``model`` for training; call it again whenever a policy changes ``trainable``."""
     model.compile(
-        optimizer=create_optimizer(config, total_steps),
+        optimizer=create_optimizer(config, total_steps, schedule),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -258,7 +268,8 @@ class TrainResult:
     results: dict
 
 
-def _build_config(config, overrides):
+def build_config(config, overrides):
+    """Return a ``TrainingConfig`` from a config, a TOML path or None, with ``overrides`` applied."""
     if config is None:
         return TrainingConfig.from_dict({}, **overrides)
     if isinstance(config, (str, os.PathLike)):
@@ -309,7 +320,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         write_json,
     )
 
-    config = _build_config(config, overrides)
+    config = build_config(config, overrides)
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
