@@ -59,6 +59,13 @@ def _build_parser():
     predict.add_argument("--input-file", help="A text file with one text per line.")
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")
 
+    launch = commands.add_parser(
+        "launch", help="Run a command as N local workers of one multi-worker cluster (127.0.0.1)."
+    )
+    launch.add_argument("--workers", type=int, required=True, metavar="N", help="Number of worker processes; worker 0 is the chief.")
+    launch.add_argument("--timeout", type=float, metavar="SECONDS", help="Stop every worker after this many seconds (default: no limit).")
+    launch.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="The command each worker runs, e.g. -- tfpeft train --config run.toml.")
+
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
     inspect.add_argument("--policy", default="last_n:2", help="Freezing policy (default: last_n:2).")
@@ -138,7 +145,14 @@ def _run_inspect(args):
         print(f"Policy {args.policy} on {args.model}:\n{report.format()}")
 
 
-COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "inspect": _run_inspect}
+def _run_launch(args):
+    import tfpeft
+
+    command = args.worker_command[1:] if args.worker_command[:1] == ["--"] else args.worker_command
+    tfpeft.launch(command, args.workers, timeout=args.timeout)
+
+
+COMMANDS = {"train": _run_train, "launch": _run_launch, "evaluate": _run_evaluate, "predict": _run_predict, "inspect": _run_inspect}
 
 
 def main(argv=None):
