@@ -185,10 +185,8 @@ def _one_device(config, tf_config):
 
 
 def _mirrored(config, tf_config):
-    # Without GPUs, MirroredStrategy() takes only CPU:0. Passing every logical CPU device lets
-    # a CPU split into logical devices train as several replicas.
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
+    # TensorFlow 2.21 takes every local GPU, or every logical CPU device where there is none.
+    return tf.distribute.MirroredStrategy()
 
 
 def _multi_worker(config, tf_config):
