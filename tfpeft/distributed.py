@@ -4,8 +4,9 @@
 ``auto`` picks ``MultiWorkerMirroredStrategy`` when the ``TF_CONFIG`` environment variable
 describes a cluster, ``MirroredStrategy`` on a machine with several GPUs and
 ``OneDeviceStrategy`` otherwise. Create the strategy before any other TensorFlow work in the
-process: a multi-worker strategy starts a gRPC server and waits for every worker of the
-cluster, which TensorFlow allows only before the runtime is initialised.
+process: a multi-worker strategy starts a gRPC server, waits for every worker of the cluster
+and enables collective operations, and TensorFlow 2.21 warns that tensors created before
+that may fail afterwards.
 
 ``TF_CONFIG`` is the JSON that TensorFlow's cluster resolver reads, for example on the
 first of two machines::
@@ -174,7 +175,10 @@ def create_strategy(config, *, environ=None):
     name = resolve_strategy_name(config.strategy, tf_config=tf_config)
     if tf_config and describes_cluster(tf_config) and name != "multi_worker":
         logger.warning(
-            "TF_CONFIG describes a cluster, but strategy=%r trains this process alone.", name
+            "TF_CONFIG describes a cluster, but strategy=%r trains this process alone, so every "
+            "process of the cluster writes output_dir. Use strategy 'auto' or 'multi_worker' to "
+            "train them together.",
+            name,
         )
     return _BUILDERS[name](config, tf_config)
 

@@ -355,7 +355,7 @@ def train(config=None, *, verbose=1, **overrides):
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
-    # Before any other TensorFlow work: a multi-worker strategy must start the runtime itself.
+    # Before any other TensorFlow work, which a multi-worker strategy may break.
     strategy = distributed.create_strategy(config)
     role = distributed.worker_role(strategy)
     num_replicas = strategy.num_replicas_in_sync
