@@ -73,6 +73,25 @@ def test_auto_creates_one_device_on_cpu():
     assert distributed.describe_strategy(strategy, role) == "Strategy OneDeviceStrategy with 1 replicas"
 
 
+def test_single_process_strategy_in_cluster_warns(caplog):
+    strategy = distributed.create_strategy(TrainingConfig(strategy="one_device"), environ=environ_with(CLUSTER))
+    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    assert "every process of the cluster writes output_dir" in caplog.text
+
+
+def test_worker_output_redirected():
+    config = TrainingConfig(output_dir="runs/shared", logging_dir="runs/shared/tb")
+    assert distributed.redirect_worker_output(config, distributed.WorkerRole()) == (config, None)
+
+    worker = distributed.WorkerRole("worker", 1, num_workers=2, is_chief=False)
+    moved, scratch = distributed.redirect_worker_output(config, worker)
+    assert moved.output_dir == os.path.join(scratch.name, "run")
+    assert moved.logging_dir is None
+    assert os.path.basename(scratch.name).startswith("tfpeft-worker1-")
+    scratch.cleanup()
+    assert not os.path.exists(scratch.name)
+
+
 def test_multi_worker_without_cluster_rejected():
     with pytest.raises(ConfigError, match="strategy='multi_worker' needs a cluster in the TF_CONFIG.*tfpeft launch"):
         distributed.create_strategy(TrainingConfig(strategy="multi_worker"), environ={})

@@ -401,6 +401,7 @@ def train(config=None, *, verbose=1, **overrides):
     data.label_map.save(os.path.join(config.output_dir, LABEL_MAP_FILE))
 
     # Every worker shuffles with the same seed, so the workers' parts of a global batch fit.
+    # NOTE: a resumed run starts the shuffle sequence again at the first epoch's order.
     train_dataset = distributed.shard_by_data(
         data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
     )
