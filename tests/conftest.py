@@ -23,3 +23,13 @@ def toy_csv(tmp_path_factory):
     """A CSV of 60 toy texts in 3 classes, 20 each."""
     texts, labels = tiny.toy_examples(num_per_class=20)
     return tiny.write_csv(str(tmp_path_factory.mktemp("toy") / "toy.csv"), texts, labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout_dir(tmp_path_factory):
+    """The tiny random BERT with dropout 0, for tests that compare weights across strategies."""
+    return tiny.save_tiny_bert(
+        str(tmp_path_factory.mktemp("tiny_bert_no_dropout")),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )

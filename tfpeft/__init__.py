@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from tfpeft.backbones import Backbone, load_backbone  # noqa: E402
 from tfpeft.config import TrainingConfig  # noqa: E402
 from tfpeft.data import LabelMap  # noqa: E402
+from tfpeft.launcher import launch  # noqa: E402
 from tfpeft.model import build_classifier  # noqa: E402
 from tfpeft.policies import Policy, apply_policy, parameter_report, parse_policy  # noqa: E402
 from tfpeft.runs import TextClassifier, load  # noqa: E402
@@ -38,6 +39,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "inspect",
+    "launch",
     "load",
     "load_backbone",
     "parameter_report",

@@ -93,6 +93,12 @@ def _build_parser():
     tune.add_argument("--retrain-best", action="store_true", help="Train the best config into OUTPUT_DIR/best/ and test it.")
     tune.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
     _add_config_flags(tune)
+    launch = commands.add_parser(
+        "launch", help="Run a command as N local workers of one multi-worker cluster (127.0.0.1)."
+    )
+    launch.add_argument("--workers", type=int, required=True, metavar="N", help="Number of worker processes; worker 0 is the chief.")
+    launch.add_argument("--timeout", type=float, metavar="SECONDS", help="Stop every worker after this many seconds (default: no limit).")
+    launch.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="The command each worker runs, e.g. -- tfpeft train --config run.toml.")
 
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
@@ -210,9 +216,19 @@ def _run_inspect(args):
         print(f"Policy {args.policy} on {args.model}:\n{report.format()}")
 
 
+def _run_launch(args):
+    import tfpeft
+
+    command = args.worker_command[1:] if args.worker_command[:1] == ["--"] else args.worker_command
+    tfpeft.launch(command, args.workers, timeout=args.timeout)
+
+
+
+
 COMMANDS = {
     "train": _run_train,
     "tune": _run_tune,
+    "launch": _run_launch,
     "evaluate": _run_evaluate,
     "predict": _run_predict,
     "compare": _run_compare,

@@ -25,6 +25,7 @@ SCHEDULER_TYPES = ("linear", "cosine", "constant")
 EVAL_STRATEGIES = ("epoch", "no")
 SAVE_STRATEGIES = ("epoch", "no")
 METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 # Older names that tutorials still use, mapped to the current field.
 DEPRECATED_NAMES = {"evaluation_strategy": "eval_strategy"}
@@ -102,7 +103,9 @@ class TrainingConfig:
 
     # Training.
     output_dir: Optional[str] = _field(None, "Run folder for weights, config, results and logs.")
-    overwrite_output_dir: bool = _field(False, "Replace the contents of a non-empty output_dir.")
+    overwrite_output_dir: bool = _field(
+        False, "Replace an earlier run in output_dir, finished or not, instead of rejecting or resuming it."
+    )
     num_train_epochs: int = _field(3, "Number of training epochs.")
     per_device_train_batch_size: int = _field(16, "Training examples per batch on each device.")
     per_device_eval_batch_size: int = _field(64, "Evaluation examples per batch on each device.")
@@ -124,6 +127,21 @@ class TrainingConfig:
         "none", "Loss weight per class: none, or balanced (examples / (classes * class examples))."
     )
     seed: int = _field(42, "Seed of the split, the shuffling and the head's initial weights.")
+
+    # Distribution.
+    strategy: str = _field(
+        "auto",
+        "Distribution strategy: auto, one_device, mirrored, multi_worker or tpu. auto takes "
+        "multi_worker when TF_CONFIG lists a cluster, mirrored with several GPUs, else one_device.",
+    )
+    collective_timeout: int = _field(
+        1800, "Seconds a multi-worker collective may wait for the other workers; 0 waits forever."
+    )
+    tpu_name: Optional[str] = _field(
+        None, "For strategy=tpu: TPU name, 'local' or grpc:// address; unset takes it from the environment."
+    )
+    tpu_zone: Optional[str] = _field(None, "For strategy=tpu: the GCP zone of a TPU given by name.")
+    gcp_project: Optional[str] = _field(None, "For strategy=tpu: the GCP project of a TPU given by name.")
 
     def __post_init__(self):
         self.validate()
@@ -151,6 +169,8 @@ class TrainingConfig:
         require(self.lr_scheduler_type in SCHEDULER_TYPES, "lr_scheduler_type", f"use one of {', '.join(SCHEDULER_TYPES)}")
         require(self.eval_strategy in EVAL_STRATEGIES, "eval_strategy", "use 'epoch' or 'no'")
         require(self.save_strategy in SAVE_STRATEGIES, "save_strategy", "use 'epoch' or 'no'")
+        require(self.strategy in STRATEGIES, "strategy", f"use one of {', '.join(STRATEGIES)}")
+        require(self.collective_timeout >= 0, "collective_timeout", "use 0 (no timeout) or more seconds")
         require(self.best_metric in METRICS, "metric_for_best_model", f"use one of {', '.join(METRICS)}")
         for name in ("max_train_samples", "max_eval_samples", "early_stopping_patience"):
             value = getattr(self, name)

@@ -29,6 +29,24 @@ class RunFolderError(TfpeftError, OSError):
     """A run folder that is missing files or was written by an incompatible version."""
 
 
+class StrategyError(TfpeftError, RuntimeError):
+    """A distribution strategy that cannot start here, such as ``tpu`` where no TPU is found."""
+
+
+class WorkerFailedError(TfpeftError, RuntimeError):
+    """A worker of a multi-worker job that stopped with an error, or a peer that went away.
+
+    Attributes:
+        task_id: int or None. The index of the worker that failed, where known.
+        exit_status: int or None. Its exit status; negative for a signal, as in ``subprocess``.
+    """
+
+    def __init__(self, message, task_id=None, exit_status=None):
+        super().__init__(message)
+        self.task_id = task_id
+        self.exit_status = exit_status
+
+
 class KerasVersionError(TfpeftError, ImportError):
     """``tf.keras`` is bound to Keras 3, which the transformers TF classes cannot run on."""
 

@@ -12,7 +12,9 @@ Layout::
       report.md            metrics, per-class table, parameter report and pictures (tfpeft.reports)
       training_curves.png, confusion_matrix.png, errors.csv
                            the pictures and the most confident test mistakes
-      checkpoints/         the best weights so far, while training (save_strategy='epoch')
+      checkpoints/         the best weights so far and their epoch (best.json), while training
+                           (save_strategy='epoch')
+      backup/              the training state of an unfinished run, for resuming it
       logs/                TensorBoard event files (logging_dir)
       eval/<name>/         results of `tfpeft evaluate` on other data
 """
@@ -35,19 +37,31 @@ CLASSIFIER_FILE = "classifier.json"
 WEIGHTS_PREFIX = "weights"
 
 
-def check_output_dir(path, overwrite):
-    """Raise ``OutputDirError`` unless ``path`` is missing, empty, or an overwritable run.
+def check_output_dir(path, overwrite, config=None):
+    """Check that a run may write to ``path``; return True when it resumes the run there.
 
-    ``overwrite`` permits replacing an earlier tfpeft run (a folder with ``config.toml``), but
-    never a folder of other files, which tfpeft did not write and will not delete.
+    A missing or empty folder takes a new run. A folder with ``config.toml`` but no
+    ``results.json`` contains an unfinished run: given the same ``config`` it is resumed, and
+    given another config it is rejected with the first setting that differs. ``overwrite``
+    permits replacing an earlier tfpeft run, finished or not, but never a folder of other
+    files, which tfpeft did not write and will not delete.
+
+    Raises:
+        OutputDirError: naming the folder, what it contains and the way out.
     """
     if not os.path.exists(path):
-        return
+        return False
     if not os.path.isdir(path):
         raise OutputDirError(f"output_dir {path!r} is a file, not a folder. Choose another path.")
     entries = sorted(os.listdir(path))
     if not entries:
-        return
+        return False
+    unfinished = CONFIG_FILE in entries and RESULTS_FILE not in entries
+    if unfinished and config is not None and not overwrite:
+        from tfpeft.recovery import check_same_config
+
+        check_same_config(path, os.path.join(path, CONFIG_FILE), config)
+        return True
     if not overwrite:
         raise OutputDirError(
             f"output_dir {path!r} is not empty (it contains {', '.join(entries[:5])}"
@@ -59,6 +73,7 @@ def check_output_dir(path, overwrite):
             f"output_dir {path!r} is not empty and is not a tfpeft run folder (no {CONFIG_FILE}), "
             "so --overwrite-output-dir will not delete its files. Choose a new folder."
         )
+    return False
 
 
 def prepare_output_dir(path, overwrite):

@@ -106,13 +106,6 @@ def compile_classifier(model, config, total_steps, schedule=None):
     )
 
 
-def select_strategy():
-    """Return ``MirroredStrategy`` on a machine with several GPUs, else the default strategy."""
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 @dataclasses.dataclass
 class PreparedData:
     """Examples, label ids and token ids of each split, and the label map of the run."""
@@ -190,21 +183,49 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
         label_names: list of str.
         metric: str. The metric that picks the best epoch, e.g. ``macro_f1`` or ``loss``.
         checkpoint_path: str or None. Where to save the best weights so far after each
-            improvement; None keeps them in memory only.
+            improvement, with the best epoch and metrics in ``checkpoint_path + ".json"``;
+            None keeps them in memory only.
+        resume_path: str or None. Where a resumed run reads the best weights of the epochs
+            before it; default ``checkpoint_path``.
+        completed_epochs: int. The epochs a resumed run restored from its backup; 0 for a new run.
     """
 
-    def __init__(self, dataset, label_ids, label_names, metric="macro_f1", checkpoint_path=None):
+    def __init__(
+        self,
+        dataset,
+        label_ids,
+        label_names,
+        metric="macro_f1",
+        checkpoint_path=None,
+        *,
+        resume_path=None,
+        completed_epochs=0,
+    ):
         super().__init__()
         self.dataset = dataset
         self.label_ids = np.asarray(label_ids)
         self.label_names = label_names
         self.metric = metric
         self.checkpoint_path = checkpoint_path
+        self.resume_path = resume_path or checkpoint_path
+        self.completed_epochs = completed_epochs
         self.best_value = None
         self.best_epoch = None
         self.best_metrics = None
         self._best_weights = None
-        self._last_epoch = None
+        self._last_epoch = completed_epochs or None
+
+    def on_train_begin(self, logs=None):
+        if not (self.completed_epochs and self.resume_path):
+            return
+        from tfpeft.recovery import load_best_checkpoint
+
+        restored = load_best_checkpoint(self.model, self.resume_path, self.completed_epochs)
+        if restored is not None:
+            state, self._best_weights = restored
+            self.best_value = state["best_value"]
+            self.best_epoch = state["best_epoch"]
+            self.best_metrics = state["best_metrics"]
 
     def _improved(self, value):
         if self.best_value is None:
@@ -225,9 +246,10 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
             self.best_metrics = metrics
             self._best_weights = [variable.numpy() for variable in self.model.trainable_variables]
             if self.checkpoint_path:
-                from tfpeft.runs import save_weights
+                from tfpeft.recovery import save_best_checkpoint
 
-                save_weights(self.model, self.checkpoint_path)
+                state = {"best_epoch": self.best_epoch, "best_value": self.best_value, "best_metrics": metrics}
+                save_best_checkpoint(self.model, self.checkpoint_path, state)
 
     def on_train_end(self, logs=None):
         if self._best_weights is not None and self.best_epoch != self._last_epoch:
@@ -304,6 +326,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     >>> result.results["test"]["accuracy"]
     0.97...
     """
+    from tfpeft import distributed, recovery
     from tfpeft.backbones import load_backbone
     from tfpeft.model import build_classifier
     from tfpeft.policies import apply_policy, parameter_report
@@ -315,7 +338,6 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         RESULTS_FILE,
         TextClassifier,
         check_output_dir,
-        prepare_output_dir,
         save_model_files,
         write_json,
     )
@@ -324,21 +346,25 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
-    check_output_dir(config.output_dir, config.overwrite_output_dir)
+    # Before any other TensorFlow work, which a multi-worker strategy may break.
+    strategy = distributed.create_strategy(config)
+    role = distributed.worker_role(strategy)
+    num_replicas = strategy.num_replicas_in_sync
+    logger.info(distributed.describe_strategy(strategy, role))
+    # Only the chief writes the run folder, so only the chief checks it.
+    resuming = role.is_chief and check_output_dir(config.output_dir, config.overwrite_output_dir, config)
     tf_keras.utils.set_random_seed(config.seed)
 
     # Data errors are found before the slower backbone load.
     progress.step("Reading data")
     splits = load_splits(config, train_data=train_data, validation_data=validation_data, test_data=test_data)
     progress.step(f"Loading backbone {config.model_name_or_path}")
-    backbone = load_backbone(config.model_name_or_path)
+    with strategy.scope():
+        backbone = load_backbone(config.model_name_or_path)
     data = prepare_data(config, backbone.tokenizer, splits=splits, progress=progress)
     sizes = ", ".join(f"{name} {len(examples)}" for name, examples in data.splits.items())
     progress.step(f"Data: {sizes} examples; classes: {', '.join(data.label_map.names)}")
 
-    strategy = select_strategy()
-    num_replicas = strategy.num_replicas_in_sync
-    logger.info("Strategy %s with %d replicas", type(strategy).__name__, num_replicas)
     train_batch_size = config.per_device_train_batch_size * num_replicas
     eval_batch_size = config.per_device_eval_batch_size * num_replicas
     steps_per_epoch = math.ceil(len(data.splits["train"]) / train_batch_size)
@@ -358,28 +384,50 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     report = parameter_report(model, backbone)
     progress.block(f"Policy {policy.name}:\n{report.format()}")
 
-    prepare_output_dir(config.output_dir, config.overwrite_output_dir)
+    resume_state = recovery.prepare_run_folder(config, resuming, strategy, role)
+    shared_dir = config.output_dir
+    config, scratch = distributed.redirect_worker_output(config, role)
+    os.makedirs(config.output_dir, exist_ok=True)
     config.to_toml(os.path.join(config.output_dir, CONFIG_FILE))
     data.label_map.save(os.path.join(config.output_dir, LABEL_MAP_FILE))
 
-    train_dataset = data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
-    callbacks, evaluation = _callbacks(config, data, eval_batch_size, progress)
-    progress.step(f"Training {config.num_train_epochs} epochs of {steps_per_epoch} steps")
-    start = time.monotonic()
     num_labels = data.label_map.num_labels
     class_weight = None
     if config.class_weight == "balanced":
         class_weight = balanced_class_weights(data.label_ids["train"], num_labels)
     log_class_counts(data.splits["train"], data.label_map, data.label_ids["train"], class_weight)
-    history = model.fit(
-        train_dataset,
-        epochs=config.num_train_epochs,
-        callbacks=callbacks,
-        verbose=progress.keras_verbose,
-        class_weight=class_weight,
+
+    # Every worker shuffles with the same seed, so the workers' parts of a global batch fit.
+    # NOTE: a resumed run starts the shuffle sequence again at the first epoch's order.
+    train_dataset = distributed.shard_by_data(
+        data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
     )
+    callbacks, evaluation, epoch_log = _callbacks(
+        config, data, eval_batch_size, progress,
+        shared_dir=shared_dir, resume_state=resume_state, num_replicas=num_replicas,
+    )
+    first_epoch = resume_state.completed_epochs + 1 if resume_state else 1
+    if resume_state:
+        progress.step(
+            f"Resuming from the backup in {recovery.backup_dir(shared_dir)}: "
+            f"{resume_state.completed_epochs} of {config.num_train_epochs} epochs done"
+        )
+    if first_epoch <= config.num_train_epochs:
+        progress.step(
+            f"Training epochs {first_epoch} to {config.num_train_epochs}, {steps_per_epoch} steps "
+            f"each, global batch {train_batch_size}"
+        )
+    start = time.monotonic()
+    with distributed.report_worker_failures(role, config.collective_timeout):
+        model.fit(
+            train_dataset,
+            epochs=config.num_train_epochs,
+            callbacks=callbacks,
+            verbose=progress.keras_verbose,
+            class_weight=class_weight,
+        )
     train_seconds = time.monotonic() - start
-    epochs_completed = len(history.epoch)
+    epochs_completed = len(epoch_log.epoch_logs)
 
     results = {
         "policy": policy.name,
@@ -387,7 +435,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         "epochs_completed": epochs_completed,
         "best_epoch": evaluation.best_epoch if evaluation else epochs_completed,
         "train_seconds": round(train_seconds, 3),
-        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+        "history": epoch_log.history,
         "validation": _without_loss_key(evaluation.best_metrics) if evaluation else None,
         "test": None,
         "num_examples": {name: len(examples) for name, examples in data.splits.items()},
@@ -397,7 +445,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
             {data.label_map.names[i]: weight for i, weight in class_weight.items()} if class_weight else None
         ),
         "sequence_lengths": data.length_summaries,
-        "strategy": type(strategy).__name__,
+        "strategy": distributed.strategy_name(strategy),
         "num_replicas": num_replicas,
         "versions": library_versions(),
     }
@@ -434,30 +482,46 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         },
     )
     write_json(os.path.join(config.output_dir, RESULTS_FILE), results)
-    write_run_report(config.output_dir)
-    progress.step(f"Run saved to {config.output_dir}; see report.md there")
+    if role.is_chief:
+        write_run_report(config.output_dir)
+        recovery.remove_backup(shared_dir)
+        progress.step(f"Run saved to {config.output_dir}; see report.md there")
+    if scratch is not None:
+        scratch.cleanup()
     classifier = TextClassifier(model, backbone, data.label_map, config, policy)
-    return TrainResult(classifier, config.output_dir, results)
+    return TrainResult(classifier, shared_dir, results)
 
 
 def _without_loss_key(metrics):
     return {key: value for key, value in metrics.items() if key != "loss"} if metrics else None
 
 
-def _callbacks(config, data, eval_batch_size, progress):
-    """Return the fit callbacks, validation first so later ones see its metrics."""
+def _callbacks(config, data, eval_batch_size, progress, *, shared_dir=None, resume_state=None, num_replicas=1):
+    """Return the fit callbacks, the ``EpochEvaluation`` (or None) and the ``EpochLog``.
+
+    The validation comes first so later callbacks see its metrics, and the backup comes last
+    so that it follows every other write of an epoch. A resumed run reads ``shared_dir``, the
+    run folder that the chief writes. This process writes to ``config.output_dir``, which is
+    the same folder on the chief.
+    """
+    from tfpeft.recovery import BACKUP_DIR, EPOCH_LOG_FILE, EpochLog, ResumableEarlyStopping, RunBackup
+
+    shared_dir = shared_dir or config.output_dir
+    completed_epochs = resume_state.completed_epochs if resume_state else 0
+    past_logs = resume_state.epoch_logs if resume_state else []
     callbacks = []
     evaluation = None
     if config.eval_strategy == "epoch" and "validation" in data.splits:
-        checkpoint_path = None
-        if config.save_strategy == "epoch":
-            checkpoint_path = os.path.join(config.output_dir, "checkpoints", "best")
+        # With save_strategy='no' the best weights go into the backup, which is removed at the end.
+        checkpoint_dir = "checkpoints" if config.save_strategy == "epoch" else BACKUP_DIR
         evaluation = EpochEvaluation(
             data.dataset("validation", eval_batch_size, with_labels=False),
             data.label_ids["validation"],
             data.label_map.names,
             metric=config.best_metric,
-            checkpoint_path=checkpoint_path,
+            checkpoint_path=os.path.join(config.output_dir, checkpoint_dir, "best"),
+            resume_path=os.path.join(shared_dir, checkpoint_dir, "best"),
+            completed_epochs=completed_epochs,
         )
         callbacks.append(evaluation)
     elif config.eval_strategy == "epoch":
@@ -469,10 +533,14 @@ def _callbacks(config, data, eval_batch_size, progress):
     callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=logging_dir, write_graph=False))
     if config.early_stopping_patience is not None and evaluation is not None:
         callbacks.append(
-            tf_keras.callbacks.EarlyStopping(
+            ResumableEarlyStopping(
                 monitor=f"val_{config.best_metric}",
                 mode="max" if config.greater_is_better else "min",
                 patience=config.early_stopping_patience,
+                past_logs=past_logs,
             )
         )
-    return callbacks, evaluation
+    epoch_log = EpochLog(os.path.join(config.output_dir, BACKUP_DIR, EPOCH_LOG_FILE), past_logs, num_replicas)
+    callbacks.append(epoch_log)
+    callbacks.append(RunBackup(shared_dir))
+    return callbacks, evaluation, epoch_log

@@ -553,7 +553,8 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
     """
     from tfpeft.backbones import load_backbone
     from tfpeft.reports import write_search_report
-    from tfpeft.training import build_config, load_splits, prepare_data, select_strategy, train
+    from tfpeft import distributed
+    from tfpeft.training import build_config, load_splits, prepare_data, train
 
     config = build_config(config, overrides)
     options = options or TuningOptions()
@@ -572,7 +573,14 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
     splits = load_splits(config)
     if "validation" not in splits:
         raise ConfigError("A search needs a validation split for its objective: set validation_fraction > 0 or --validation-file.")
-    backbone = load_backbone(config.model_name_or_path)
+    if distributed.resolve_strategy_name(config.strategy, tf_config=distributed.read_tf_config()) in ("multi_worker", "tpu"):
+        raise ConfigError(
+            f"strategy={config.strategy!r} with this TF_CONFIG runs on several machines or a TPU, but a "
+            "search runs on one machine: use strategy 'one_device' or 'mirrored'."
+        )
+    strategy = distributed.create_strategy(config)
+    with strategy.scope():
+        backbone = load_backbone(config.model_name_or_path)
     if space is None:
         space = default_space(backbone.num_blocks)
     elif not all(hasattr(parameter, "declare") for parameter in space):
@@ -590,7 +598,6 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
         progress.step(f"Resuming the search in {tuning_dir}")
 
     data = prepare_data(config, backbone.tokenizer, splits=splits, progress=progress)
-    strategy = select_strategy()
     search = _Search(config, options, space, backbone, data, strategy, tuning_dir, progress)
     oracle = _make_oracle(options, hyperparameters, config.num_train_epochs, config.seed)
     tuner = _make_tuner_class()(
