@@ -29,6 +29,14 @@ class RunFolderError(TfpeftError, OSError):
     """A run folder that is missing files or was written by an incompatible version."""
 
 
+class ExportError(TfpeftError, OSError):
+    """A SavedModel export that cannot be written: the version exists, or an op is not servable."""
+
+
+class GraphTokenizerError(TfpeftError, ValueError):
+    """A tokenizer that has no in-graph form; an export then serves token ids only."""
+
+
 class KerasVersionError(TfpeftError, ImportError):
     """``tf.keras`` is bound to Keras 3, which the transformers TF classes cannot run on."""
 

@@ -126,11 +126,11 @@ class TextClassifier:
         return list(self.label_map.names)
 
     def predict_logits(self, texts, batch_size=None):
-        """Return float32 logits ``[len(texts), num_labels]``."""
+        """Return float32 logits ``[len(texts), num_labels]`` of ``str`` or UTF-8 ``bytes`` texts."""
         from tfpeft.data import encode_texts, make_dataset
         from tfpeft.evaluation import predict_logits
 
-        texts = [str(text) for text in texts]
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.label_map.num_labels), dtype=np.float32)
         encoded = encode_texts(self.tokenizer, texts, self.config.max_seq_length)

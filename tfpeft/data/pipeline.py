@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfpeft.text_cleaning import clean_texts
+
 
 @dataclasses.dataclass
 class EncodedTexts:
@@ -25,14 +27,20 @@ class EncodedTexts:
 
 
 def encode_texts(tokenizer, texts, max_seq_length):
-    """Tokenize ``texts`` with special tokens, truncated to ``max_seq_length`` tokens."""
+    """Clean and tokenize ``texts`` with special tokens, truncated to ``max_seq_length`` tokens.
+
+    Texts are cleaned with ``tfpeft.text_cleaning.clean_text``, the rule an exported model
+    applies in its graph. Special-token strings in a text, such as a literal ``[SEP]``, are
+    tokenized as plain text (``split_special_tokens``), as the exported graph does.
+    """
     encoded = tokenizer(
-        list(texts),
+        clean_texts(texts),
         truncation=True,
         max_length=max_seq_length,
         padding=False,
         return_attention_mask=False,
         return_token_type_ids=False,
+        split_special_tokens=True,
     )["input_ids"]
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int32)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
