@@ -19,6 +19,7 @@ from tfpeft.training import (  # noqa: E402
     train,
 )
 from tfpeft.commands import evaluate, inspect, predict  # noqa: E402
+from tfpeft.export import export  # noqa: E402
 
 __all__ = [
     "Backbone",
@@ -31,6 +32,7 @@ __all__ = [
     "compile_classifier",
     "evaluate",
     "evaluate_model",
+    "export",
     "inspect",
     "load",
     "load_backbone",

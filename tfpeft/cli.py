@@ -54,10 +54,19 @@ def _build_parser():
     evaluate.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
     predict = commands.add_parser("predict", help="Predict labels; prints one JSON object per text.")
-    predict.add_argument("run_dir", help="A finished run folder.")
+    predict.add_argument("run_dir", help="A finished run folder, or a version folder written by tfpeft export.")
     predict.add_argument("--text", action="append", default=[], help="A text to classify; repeat for more.")
     predict.add_argument("--input-file", help="A text file with one text per line.")
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")
+
+    export = commands.add_parser("export", help="Export a run as a SavedModel for TF Serving; writes TO/VERSION/.")
+    export.add_argument("run_dir", help="A finished run folder.")
+    export.add_argument("--to", required=True, help="Model folder MODELS_DIR/NAME, the one TF Serving watches.")
+    export.add_argument(
+        "--version", type=int, dest="export_version",
+        help="Version folder to write (default: the highest existing one plus 1).",
+    )
+    export.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
@@ -138,7 +147,19 @@ def _run_inspect(args):
         print(f"Policy {args.policy} on {args.model}:\n{report.format()}")
 
 
-COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "inspect": _run_inspect}
+def _run_export(args):
+    import tfpeft
+
+    tfpeft.export(args.run_dir, args.to, version=args.export_version, verbose=0 if args.quiet else 1)
+
+
+COMMANDS = {
+    "train": _run_train,
+    "evaluate": _run_evaluate,
+    "predict": _run_predict,
+    "inspect": _run_inspect,
+    "export": _run_export,
+}
 
 
 def main(argv=None):
