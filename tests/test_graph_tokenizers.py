@@ -164,5 +164,6 @@ def test_minilm_truncation_length(minilm_tokenizer):
     input_ids, attention_mask = graph_tokenizer(tf.constant([" ".join(["news"] * 3000), "news"]))
     ids = input_ids.numpy()
     assert ids.shape == (2, 32)
-    assert ids[0, 0] == minilm_tokenizer.cls_token_id and ids[0, -1] == minilm_tokenizer.sep_token_id
+    assert ids[0, 0] == minilm_tokenizer.cls_token_id
+    assert ids[0, -1] == minilm_tokenizer.sep_token_id
     np.testing.assert_array_equal(attention_mask.numpy().sum(axis=1), [32, 3])

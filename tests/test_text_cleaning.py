@@ -66,7 +66,8 @@ def test_control_ranges_match_unicodedata():
         if chr(code_point) not in "\t\n\r" and unicodedata.category(chr(code_point)).startswith("C")
     }
     assert dropped == expected
-    assert 0x85 in dropped and 0x9 not in dropped
+    assert 0x85 in dropped
+    assert 0x9 not in dropped
 
 
 def test_tensor_cleaning_equals_python_on_every_bmp_character():
@@ -102,6 +103,7 @@ def test_encode_texts_splits_special_token_strings(tiny_bert_dir):
     encoded = encode_texts(tokenizer, ["goal [SEP] match"], max_seq_length=16)
     ids = encoded.input_ids[0, : encoded.lengths[0]].tolist()
     # A literal [SEP] in the text is "[", "sep", "]" (unknown in the tiny vocabulary), not id 3.
-    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert ids[0] == tokenizer.cls_token_id
+    assert ids[-1] == tokenizer.sep_token_id
     assert tokenizer.sep_token_id not in ids[1:-1]
     assert len(ids) == 7

@@ -3,8 +3,8 @@
 An exported SavedModel takes raw text, so its graph must turn text into the same token ids as
 the Hugging Face tokenizer used in training. ``build_graph_tokenizer`` picks the in-graph form
 from ``GRAPH_TOKENIZERS`` by the kind of the tokenizer's model (``WordPiece``, ``BPE``,
-``Unigram``); a tokenizer it cannot rebuild raises ``GraphTokenizerError`` with the reason, and
-the export then serves token ids only.
+``Unigram``). A tokenizer it cannot rebuild raises ``GraphTokenizerError`` with the reason,
+and the export then serves token ids only.
 
 WordPiece (BERT, MiniLM, ELECTRA): the Hugging Face normalizer (cleaning, Chinese-character
 padding, accent stripping, lowercasing) and the BERT pre-tokenizer (whitespace and punctuation
@@ -38,14 +38,14 @@ REPLACE = 4  # another string, looked up in the replacement table (lowercase, ac
 PER_CHARACTER_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFD", "StripAccents"}
 PER_CHARACTER_PRE_TOKENIZERS = {"BertPreTokenizer", "WhitespaceSplit"}
 
-# The Python tokenizer's WordPiece limit counts characters; the TF Text op counts bytes, and a
+# The Python tokenizer's WordPiece limit counts characters, but the TF Text op counts bytes. A
 # character is at most 4 bytes of UTF-8.
 MAX_UTF8_BYTES_PER_CHAR = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class CharacterMap:
-    """What normalizing and pre-tokenizing makes of each code point, as sorted range tables.
+    """The output of normalizing and pre-tokenizing each code point, as sorted range tables.
 
     Args:
         starts: tuple of int. The first code point of each range, ascending from 0.
@@ -119,9 +119,9 @@ class CharacterMap:
 def _pre_tokenized_chars(pre_tokenizer, chars):
     """Return what pre-tokenizing makes of each char: itself, a space, or itself between spaces.
 
-    All chars go through the pre-tokenizer in one string, each between two letters, so that
-    the piece covering a char tells its kind: none for a separator, a piece of its own for a
-    char that is a word alone (punctuation), or a longer piece for a word character.
+    All chars go through the pre-tokenizer in one string, each between two letters, and the
+    piece covering a char shows its kind. No piece covers a separator, a piece of its own
+    covers a char that is a word alone (punctuation), and a longer piece covers a word character.
     """
     if [piece for piece, _ in pre_tokenizer.pre_tokenize_str("ab")] != ["ab"]:
         raise GraphTokenizerError("the pre-tokenizer splits the letters of 'ab'")
@@ -160,8 +160,8 @@ _CHARACTER_MAPS = {}
 
 
 def _character_map(backend):
-    # Probing every code point takes about a second, so each distinct normalizer and
-    # pre-tokenizer is probed once per process.
+    # Probing every code point takes seconds, so each distinct normalizer and pre-tokenizer is
+    # probed once per process.
     settings = json.loads(backend.to_str())
     key = json.dumps([settings.get("normalizer"), settings.get("pre_tokenizer")], sort_keys=True)
     if key not in _CHARACTER_MAPS:
@@ -250,8 +250,9 @@ class WordPieceGraphTokenizer(tf.Module):
         unsupported = [name for name in pre_tokenizers if name not in PER_CHARACTER_PRE_TOKENIZERS]
         if not pre_tokenizers or unsupported:
             raise GraphTokenizerError(f"its pre-tokenizer {', '.join(unsupported) or 'None'} is not supported")
-        # The Python tokenizer finds added tokens in the raw text before normalizing; special
-        # tokens are split like any text (split_special_tokens), but other added tokens are not.
+        # The Python tokenizer finds added tokens in the raw text before normalizing. Special
+        # tokens are split like any text there (split_special_tokens), but other added tokens
+        # are not.
         added = [str(token) for token in tokenizer.added_tokens_decoder.values() if not token.special]
         if added:
             raise GraphTokenizerError(f"it has added tokens {added[:5]} that the graph cannot match")
@@ -260,12 +261,12 @@ class WordPieceGraphTokenizer(tf.Module):
         words = self.character_map.split_words(texts)
 
         # Words longer than the WordPiece limit become the unknown token, as in the Python
-        # tokenizer; the unknown token is a vocabulary entry, so it maps to its own id.
+        # tokenizer. The unknown token is a vocabulary entry, so it maps to its own id.
         too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
         words = words.with_flat_values(tf.where(too_long, self.unknown_token, words.flat_values))
         token_ids = self.wordpiece.tokenize(words).merge_dims(1, 2)
 
-        # NOTE: only head truncation of single texts is built; a text pair, or truncation that
+        # NOTE: only head truncation of single texts is built. A text pair, or truncation that
         # keeps the tail, needs its own step here and the pair's special-token template.
         num_text_tokens = self.max_seq_length - len(self.prefix_ids) - len(self.suffix_ids)
         token_ids = token_ids[:, :num_text_tokens]
@@ -281,8 +282,8 @@ class WordPieceGraphTokenizer(tf.Module):
 
         input_ids = token_ids.to_tensor(default_value=self.pad_token_id)
         attention_mask = tf.ones_like(token_ids).to_tensor(default_value=0)
-        # An empty batch would come out 0 tokens wide, which the attention layers reject; pad it
-        # to the width of the special tokens every text has.
+        # An empty batch would come out 0 tokens wide, which the attention layers reject, so it
+        # is padded to the width of the special tokens every text has.
         min_width = max(len(self.prefix_ids) + len(self.suffix_ids), 1)
         padding = [[0, 0], [0, tf.maximum(min_width - tf.shape(input_ids)[1], 0)]]
         input_ids = tf.pad(input_ids, padding, constant_values=self.pad_token_id)
@@ -301,7 +302,7 @@ def build_graph_tokenizer(tokenizer, max_seq_length):
     """Return the in-graph form of a transformers tokenizer.
 
     Raises:
-        GraphTokenizerError: the tokenizer has no in-graph form; the message says why.
+        GraphTokenizerError: the tokenizer has no in-graph form; the message gives the reason.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise GraphTokenizerError(

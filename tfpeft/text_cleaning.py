@@ -13,9 +13,8 @@ ids, so all of them clean text with this one rule before tokenizing:
    starts with ``C`` (Cc, Cf, Cs, Co, Cn), except tab, line feed and carriage return.
 
 ``clean_text`` applies the rule to Python strings and ``clean_text_tensor`` to a string
-tensor. Both use the ranges of ``control_ranges``, which are computed once from the
-``unicodedata`` tables of the running Python; an exported graph keeps the ranges it was built
-with.
+tensor. Both use the ranges of ``control_ranges``, computed once from the ``unicodedata``
+tables of the running Python. An exported graph keeps the ranges it was built with.
 """
 
 import codecs
@@ -58,8 +57,8 @@ def _control_pattern():
 
 
 def _encode_surrogates(error):
-    # A surrogate from errors="surrogateescape" (U+DC80 to U+DCFF) stands for one raw byte,
-    # which gets that byte back; any other lone surrogate gets the 3-byte sequence
+    # A surrogate from errors="surrogateescape" (U+DC80 to U+DCFF) stands for one raw byte and
+    # becomes that byte again. Any other lone surrogate becomes the 3-byte sequence that
     # "surrogatepass" writes, which is invalid UTF-8 as well.
     chars = error.object[error.start:error.end]
     raw = b"".join(
