@@ -246,14 +246,16 @@ def test_op_check_rejects_python_ops(tmp_path):
 
 def test_predict_command_on_exported_model(exported, toy_run, capsys):
     texts = ["goal match", "vote party tax", "chip phone"]
-    assert main(["predict", exported.path, "--text", texts[0], "--text", texts[1], "--text", texts[2]]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     expected = tfpeft.predict(toy_run, texts)
-    assert [record["label"] for record in records] == [record["label"] for record in expected]
-    for record, reference in zip(records, expected):
-        assert record["text"] == reference["text"]
-        for name, probability in reference["probabilities"].items():
-            assert abs(record["probabilities"][name] - probability) < 1e-4
+    # The version folder, and the model folder, whose highest version is used.
+    for path in (exported.path, os.path.dirname(exported.path)):
+        assert main(["predict", path, "--text", texts[0], "--text", texts[1], "--text", texts[2]]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [record["label"] for record in records] == [record["label"] for record in expected]
+        for record, reference in zip(records, expected):
+            assert record["text"] == reference["text"]
+            for name, probability in reference["probabilities"].items():
+                assert abs(record["probabilities"][name] - probability) < 1e-4
 
 
 def save_tiny_roberta(folder):

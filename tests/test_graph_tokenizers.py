@@ -24,7 +24,8 @@ EDGE_TEXTS = [
     "punct!?.,;:'\"()[]{}<>@#$%^&*-_=+|\\/~`¿¡«»—–…",
     "emoji 😀👍🏽 👨‍👩‍👧 and ™ © ®",
     "literal [SEP] [CLS] [MASK] [PAD] [UNK] tokens",
-    "x" * 100 + " " + "y" * 101 + " " + "é" * 101,
+    # The WordPiece limit is 100 characters, and 60 Cyrillic letters are 120 bytes.
+    "x" * 100 + " " + "y" * 101 + " " + "é" * 101 + " " + "д" * 60 + " " + "д" * 101,
     "mojibake â€™ Ã© Ã¼ â€œquotedâ€\x9d",
     "\ufffd replacement \ufffd",
 ]

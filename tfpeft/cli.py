@@ -54,7 +54,9 @@ def _build_parser():
     evaluate.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
     predict = commands.add_parser("predict", help="Predict labels; prints one JSON object per text.")
-    predict.add_argument("run_dir", help="A finished run folder, or a version folder written by tfpeft export.")
+    predict.add_argument(
+        "run_dir", help="A finished run folder, or a model folder written by tfpeft export (NAME/VERSION, or NAME for its highest version)."
+    )
     predict.add_argument("--text", action="append", default=[], help="A text to classify; repeat for more.")
     predict.add_argument("--input-file", help="A text file with one text per line.")
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")

@@ -106,16 +106,16 @@ def evaluate(
 def predict(run_dir, texts, *, batch_size=None):
     """Return one dict per text: ``text``, ``label`` and ``probabilities`` by class name.
 
-    ``run_dir`` is a run folder, a version folder written by ``tfpeft export``, or a loaded
-    classifier.
+    ``run_dir`` is a run folder, a version folder written by ``tfpeft export``, a model folder
+    of such versions (its highest version is used), or a loaded classifier.
     """
-    from tfpeft.exported import ExportedClassifier, is_export_folder
+    from tfpeft.exported import ExportedClassifier, find_export_folder
     from tfpeft.runs import load
 
     if hasattr(run_dir, "predict_proba"):
         classifier = run_dir
-    elif is_export_folder(run_dir):
-        classifier = ExportedClassifier(run_dir)
+    elif find_export_folder(run_dir) is not None:
+        classifier = ExportedClassifier(find_export_folder(run_dir))
     else:
         classifier = load(run_dir)
     probabilities = classifier.predict_proba(texts, batch_size)

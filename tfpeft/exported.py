@@ -15,6 +15,22 @@ def is_export_folder(path):
     return os.path.isfile(os.path.join(path, "saved_model.pb")) and os.path.isfile(os.path.join(path, INFO_FILE))
 
 
+def find_export_folder(path):
+    """Return ``path`` if it is an export's version folder, else its highest exported version.
+
+    Returns None when ``path`` is neither, for example a run folder. The highest version is the
+    one TF Serving serves by default.
+    """
+    from tfpeft.export import existing_versions
+
+    if is_export_folder(path):
+        return path
+    for version in reversed(existing_versions(path)):
+        if is_export_folder(os.path.join(path, str(version))):
+            return os.path.join(path, str(version))
+    return None
+
+
 class ExportedClassifier:
     """An exported SavedModel with the ``predict`` API of ``TextClassifier``.
 
