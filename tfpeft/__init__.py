@@ -23,6 +23,7 @@ from tfpeft.commands import evaluate, inspect, predict  # noqa: E402
 from tfpeft.reports import compare, write_run_report, write_search_report  # noqa: E402
 from tfpeft.search_space import SearchParameter  # noqa: E402
 from tfpeft.tuning import TuningOptions, tune  # noqa: E402
+from tfpeft.export import export  # noqa: E402
 
 __all__ = [
     "Backbone",
@@ -38,6 +39,7 @@ __all__ = [
     "compile_classifier",
     "evaluate",
     "evaluate_model",
+    "export",
     "inspect",
     "launch",
     "load",

@@ -55,7 +55,9 @@ def _build_parser():
     evaluate.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
     predict = commands.add_parser("predict", help="Predict labels; prints one JSON object per text.")
-    predict.add_argument("run_dir", help="A finished run folder.")
+    predict.add_argument(
+        "run_dir", help="A finished run folder, or a model folder written by tfpeft export (NAME/VERSION, or NAME for its highest version)."
+    )
     predict.add_argument("--text", action="append", default=[], help="A text to classify; repeat for more.")
     predict.add_argument(
         "--text-pair",
@@ -99,6 +101,14 @@ def _build_parser():
     launch.add_argument("--workers", type=int, required=True, metavar="N", help="Number of worker processes; worker 0 is the chief.")
     launch.add_argument("--timeout", type=float, metavar="SECONDS", help="Stop every worker after this many seconds (default: no limit).")
     launch.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="The command each worker runs, e.g. -- tfpeft train --config run.toml.")
+    export = commands.add_parser("export", help="Export a run as a SavedModel for TF Serving; writes TO/VERSION/.")
+    export.add_argument("run_dir", help="A finished run folder.")
+    export.add_argument("--to", required=True, help="Model folder MODELS_DIR/NAME, the one TF Serving watches.")
+    export.add_argument(
+        "--version", type=int, dest="export_version",
+        help="Version folder to write (default: the highest existing one plus 1).",
+    )
+    export.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
@@ -223,6 +233,10 @@ def _run_launch(args):
     tfpeft.launch(command, args.workers, timeout=args.timeout)
 
 
+def _run_export(args):
+    import tfpeft
+
+    tfpeft.export(args.run_dir, args.to, version=args.export_version, verbose=0 if args.quiet else 1)
 
 
 COMMANDS = {
@@ -233,6 +247,7 @@ COMMANDS = {
     "predict": _run_predict,
     "compare": _run_compare,
     "inspect": _run_inspect,
+    "export": _run_export,
 }
 
 

@@ -144,13 +144,25 @@ def evaluate(
 def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     """Return one dict per text: ``text``, ``label`` and ``probabilities`` by class name.
 
-    For a classifier trained on sentence pairs pass ``text_pairs``; each dict then has a
-    ``text_pair`` too.
+    ``run_dir`` is a run folder, a version folder written by ``tfpeft export``, a model folder
+    of such versions (its highest version is used), or a loaded classifier. For a classifier
+    trained on sentence pairs pass ``text_pairs``; each dict then has a ``text_pair`` too.
     """
+    from tfpeft.exported import ExportedClassifier, find_export_folder
     from tfpeft.runs import load
 
-    classifier = run_dir if hasattr(run_dir, "predict_proba") else load(run_dir)
-    probabilities = classifier.predict_proba(texts, batch_size, text_pairs=text_pairs)
+    if hasattr(run_dir, "predict_proba"):
+        classifier = run_dir
+    elif find_export_folder(run_dir) is not None:
+        if text_pairs is not None:
+            raise ConfigError("Exported models take single texts; predict pairs with the run folder.")
+        classifier = ExportedClassifier(find_export_folder(run_dir))
+    else:
+        classifier = load(run_dir)
+    if text_pairs is None:
+        probabilities = classifier.predict_proba(texts, batch_size)
+    else:
+        probabilities = classifier.predict_proba(texts, batch_size, text_pairs=text_pairs)
     records = []
     for i, (text, row) in enumerate(zip(texts, probabilities)):
         record = {"text": text}

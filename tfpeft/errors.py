@@ -45,6 +45,12 @@ class WorkerFailedError(TfpeftError, RuntimeError):
         super().__init__(message)
         self.task_id = task_id
         self.exit_status = exit_status
+class ExportError(TfpeftError, OSError):
+    """A SavedModel export that cannot be written: the version exists, or an op is not servable."""
+
+
+class GraphTokenizerError(TfpeftError, ValueError):
+    """A tokenizer that has no in-graph form; an export then serves token ids only."""
 
 
 class KerasVersionError(TfpeftError, ImportError):

@@ -155,7 +155,7 @@ class TextClassifier:
         from tfpeft.data import encode_texts, make_dataset
         from tfpeft.evaluation import predict_logits
 
-        texts = [str(text) for text in texts]
+        texts = list(texts)  # str, or UTF-8 bytes as an exported model takes them
         if self.takes_pairs and text_pairs is None:
             raise ConfigError(
                 f"This classifier was trained on sentence pairs (text_pair_column="
@@ -165,7 +165,7 @@ class TextClassifier:
         if not self.takes_pairs and text_pairs is not None:
             raise ConfigError("This classifier was trained on single texts; drop text_pairs (--text-pair).")
         if text_pairs is not None:
-            text_pairs = [str(text) for text in text_pairs]
+            text_pairs = list(text_pairs)
         if not texts:
             return np.zeros((0, self.label_map.num_labels), dtype=np.float32)
         encoded = encode_texts(

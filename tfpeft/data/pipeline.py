@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfpeft.data.truncation import check_truncation, cut_pieces, kept_positions
 from tfpeft.errors import ConfigError
+from tfpeft.text_cleaning import clean_texts
 
 
 @dataclasses.dataclass
@@ -53,9 +54,10 @@ def encode_texts(tokenizer, texts, max_seq_length, *, text_pairs=None, truncatio
         truncation: str. ``head``, ``tail`` or ``head_tail``.
     """
     check_truncation(truncation)
-    texts = list(texts)
+    # The same cleaning an exported model applies in its graph (tfpeft.text_cleaning).
+    texts = clean_texts(texts)
     if text_pairs is not None:
-        text_pairs = list(text_pairs)
+        text_pairs = clean_texts(text_pairs)
         if len(text_pairs) != len(texts):
             raise ConfigError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; pass one second text per text.")
     with_type_ids = uses_token_type_ids(tokenizer, text_pairs is not None)
@@ -91,6 +93,8 @@ def _encode_fast(tokenizer, texts, text_pairs, max_seq_length, truncation, with_
         return_attention_mask=False,
         return_token_type_ids=with_type_ids,
         verbose=False,
+        # A literal "[SEP]" in a text is plain text, as in the exported graph.
+        split_special_tokens=True,
     )
     sequences, type_ids, full_lengths = [], [], []
     for i, ids in enumerate(encoding["input_ids"]):
@@ -105,7 +109,13 @@ def _encode_fast(tokenizer, texts, text_pairs, max_seq_length, truncation, with_
 def _encode_slow(tokenizer, texts, text_pairs, max_seq_length, truncation, with_type_ids):
     """Encode with a Python tokenizer, which has no ``sequence_ids``: cut the pieces, then add
     the special tokens with ``prepare_for_model``."""
-    options = dict(add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)
+    options = dict(
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+        split_special_tokens=True,
+    )
     first = tokenizer(texts, **options)["input_ids"]
     second = tokenizer(text_pairs, **options)["input_ids"] if text_pairs is not None else [None] * len(texts)
     num_special = tokenizer.num_special_tokens_to_add(pair=text_pairs is not None)
