@@ -271,7 +271,7 @@ def test_mirrored_two_cpus_matches_one_device(tiny_bert_no_dropout_dir, toy_csv,
 
 def worker_losses(output, index):
     """Return the training loss of each epoch that ``[worker index]`` printed."""
-    pattern = re.compile(rf"^\[worker {index}\] \d+/\d+ - .* - loss: ([0-9.]+) - ", re.M)
+    pattern = re.compile(rf"^\[worker {index}\] \[ *[0-9.]+s\] Epoch \d+/\d+: loss ([0-9.]+),", re.M)
     return [float(value) for value in pattern.findall(output)]
 
 
@@ -358,7 +358,7 @@ def test_killed_worker_stops_the_other_then_job_resumes(tiny_bert_no_dropout_dir
     for worker, path in zip(restarted, logs):
         log = read(path)
         assert worker.returncode == 0, log[-3000:]
-        assert re.findall(r"^Epoch (\d+)/4$", log, re.M) == ["2", "3", "4"]
+        assert re.findall(r"\] Epoch (\d+)/4: ", log) == ["2", "3", "4"]
     results = json.load(open(tmp_path / "runs" / "run" / "results.json"))
     assert results["epochs_completed"] == 4
     assert os.listdir(tmp_path / "runs") == ["run"]

@@ -342,7 +342,7 @@ def test_resume_after_sigkill(tmp_path, tiny_bert_dir):
     log = read(tmp_path / "second.log")
     assert second.returncode == 0, log[-3000:]
 
-    assert re.findall(r"^Epoch (\d+)/4$", log, re.M) == ["3", "4"]
+    assert re.findall(r"\] Epoch (\d+)/4: ", log) == ["3", "4"]
     assert "2 of 4 epochs done" in log
     results = json.load(open(output_dir / "results.json"))
     assert results["epochs_completed"] == 4
