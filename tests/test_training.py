@@ -144,3 +144,68 @@ def test_schedule_linear_warmup_and_decay():
     no_warmup = WarmupDecaySchedule(2.0, total_steps=4, decay="cosine")
     np.testing.assert_allclose([float(no_warmup(s)) for s in (0, 2, 4)], [2.0, 1.0, 0.0], atol=1e-6)
     assert float(WarmupDecaySchedule(3.0, 4, decay="constant")(3)) == 3.0
+
+
+def copy_run(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained.output_dir, copy)
+    return copy
+
+
+def test_overwrite_keeps_files_it_did_not_write(trained, tmp_path, tiny_bert_dir, toy_csv):
+    run = copy_run(trained, tmp_path)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"contains files that tfpeft did not write \(notes\.txt\)"):
+        tfpeft.train(
+            model_name_or_path=tiny_bert_dir, train_file=toy_csv, output_dir=str(run),
+            overwrite_output_dir=True, verbose=0,
+        )
+    assert (run / "notes.txt").read_text() == "mine"
+    assert (run / "results.json").exists()
+
+
+def test_failed_overwrite_keeps_earlier_run(trained, tmp_path, tiny_bert_dir, toy_csv, monkeypatch):
+    import tf_keras
+
+    run = copy_run(trained, tmp_path)
+    results = (run / "results.json").read_text()
+    settings = dict(
+        model_name_or_path=tiny_bert_dir, train_file=toy_csv, output_dir=str(run), overwrite_output_dir=True,
+        num_train_epochs=1, max_seq_length=16, verbose=0,
+    )
+
+    def interrupted_fit(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tf_keras.Model, "fit", interrupted_fit)
+        with pytest.raises(KeyboardInterrupt):
+            tfpeft.train(**settings)
+    assert (run / ".replaced-run" / "results.json").read_text() == results
+
+    tfpeft.train(**settings)
+    assert not (run / ".replaced-run").exists()
+    assert json.loads((run / "results.json").read_text())["epochs_completed"] == 1
+
+
+def test_evaluate_name_stays_inside_eval(trained, toy_csv):
+    from tfpeft.errors import ConfigError
+
+    for name in ("..", "../escaped", "/tmp/elsewhere", ""):
+        with pytest.raises(ConfigError, match="Invalid --name"):
+            tfpeft.evaluate(trained.output_dir, test_file=toy_csv, name=name, overwrite=True, verbose=0)
+    assert not os.path.exists(os.path.join(os.path.dirname(trained.output_dir), "escaped"))
+
+
+def test_max_seq_length_over_position_limit(tmp_path, tiny_bert_dir, toy_csv):
+    from tfpeft.errors import ConfigError
+
+    # The tiny BERT has 64 position embeddings.
+    with pytest.raises(ConfigError, match=r"max_seq_length=100 is more than this bert backbone's 64 positions"):
+        tfpeft.train(
+            model_name_or_path=tiny_bert_dir, train_file=toy_csv, output_dir=str(tmp_path / "run"),
+            max_seq_length=100, verbose=0,
+        )
+    assert not (tmp_path / "run").exists()

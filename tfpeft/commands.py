@@ -100,6 +100,11 @@ def evaluate(
             name = f"{dataset.replace(':', '_').replace('/', '_')}_{split}"
         else:
             name = examples.name
+    if name in ("", ".", "..") or "/" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+        raise ConfigError(
+            f"Invalid --name {name!r}: use a plain folder name such as 'news_2024', without '/' "
+            "or '..'. The evaluation is written to RUN_DIR/eval/NAME/."
+        )
     out_dir = os.path.join(run_dir, "eval", name)
     if os.path.exists(out_dir) and not overwrite:
         raise OutputDirError(

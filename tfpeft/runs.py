@@ -20,12 +20,15 @@ Layout::
 """
 
 import json
+import logging
 import os
 import shutil
 
 import numpy as np
 
 from tfpeft.errors import ConfigError, OutputDirError, RunFolderError
+
+logger = logging.getLogger("tfpeft.runs")
 
 CONFIG_FILE = "config.toml"
 LABEL_MAP_FILE = "label_map.json"
@@ -35,6 +38,25 @@ MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS_PREFIX = "weights"
+REPLACED_RUN_DIR = ".replaced-run"
+# Every entry a run folder may contain; --overwrite-output-dir replaces nothing else.
+RUN_ENTRIES = {
+    CONFIG_FILE,
+    LABEL_MAP_FILE,
+    RESULTS_FILE,
+    PREDICTIONS_FILE,
+    MODEL_DIR,
+    TOKENIZER_DIR,
+    "checkpoints",
+    "logs",
+    "backup",
+    "eval",
+    "report.md",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "errors.csv",
+    REPLACED_RUN_DIR,
+}
 
 
 def check_output_dir(path, overwrite, config=None):
@@ -73,15 +95,47 @@ def check_output_dir(path, overwrite, config=None):
             f"output_dir {path!r} is not empty and is not a tfpeft run folder (no {CONFIG_FILE}), "
             "so --overwrite-output-dir will not delete its files. Choose a new folder."
         )
+    unknown = [entry for entry in entries if entry not in RUN_ENTRIES]
+    if unknown:
+        raise OutputDirError(
+            f"output_dir {path!r} contains files that tfpeft did not write ({', '.join(unknown[:5])}"
+            f"{', ...' if len(unknown) > 5 else ''}), so --overwrite-output-dir will not replace "
+            "the run there. Move those files out, or choose a new folder."
+        )
     return False
 
 
 def prepare_output_dir(path, overwrite):
-    """Create ``path`` for a new run, deleting an earlier run there when ``overwrite`` is set."""
+    """Create ``path`` for a new run; with ``overwrite``, set an earlier run there aside.
+
+    The earlier run is moved into ``path/.replaced-run`` rather than deleted, and
+    ``discard_replaced_run`` deletes it once the new run has finished, so a new run that fails
+    or is interrupted loses nothing. Where ``.replaced-run`` exists already, an earlier
+    replacement failed: it keeps that last finished run, and the unfinished one is deleted.
+    """
     check_output_dir(path, overwrite)
-    if os.path.isdir(path) and os.listdir(path):
-        shutil.rmtree(path)
+    entries = [entry for entry in os.listdir(path) if entry != REPLACED_RUN_DIR] if os.path.isdir(path) else []
+    if entries:
+        replaced = os.path.join(path, REPLACED_RUN_DIR)
+        keep_earlier = os.path.isdir(replaced)
+        os.makedirs(replaced, exist_ok=True)
+        for entry in entries:
+            source = os.path.join(path, entry)
+            if keep_earlier and os.path.isdir(source):
+                shutil.rmtree(source)
+            elif keep_earlier:
+                os.remove(source)
+            else:
+                os.replace(source, os.path.join(replaced, entry))
+        logger.warning(
+            "Moved the earlier run in %s to %s; it is deleted when the new run finishes", path, replaced
+        )
     os.makedirs(path, exist_ok=True)
+
+
+def discard_replaced_run(path):
+    """Delete the earlier run that ``prepare_output_dir`` set aside, after a new run finished."""
+    shutil.rmtree(os.path.join(path, REPLACED_RUN_DIR), ignore_errors=True)
 
 
 def save_model_files(output_dir, model, backbone, classifier_settings):

@@ -8,8 +8,9 @@ values) in the ``[search]`` table of a TOML file:
 - ``int:0:6`` or ``int:0:6:2``: an integer range, bounds included;
 - ``choice:1,2,3`` (or a TOML list): one of the listed values.
 
-Names are ``TrainingConfig`` fields (``learning_rate``, ``num_train_epochs``, ``weight_decay``,
-...) plus ``unfreeze_depth``, the K of the ``last_n:K`` policy.
+Names are the ``TrainingConfig`` fields in ``SEARCHABLE`` (``learning_rate``,
+``num_train_epochs``, ``weight_decay``, ...) plus ``unfreeze_depth``, the K of the ``last_n:K``
+policy.
 """
 
 import dataclasses
@@ -17,26 +18,18 @@ from typing import Optional
 
 from tfpeft.errors import ConfigError, closest_match
 
-# Settings that choose the data, the backbone or the output rather than the training run.
-NOT_SEARCHABLE = {
-    "model_name_or_path",
-    "dataset",
-    "train_file",
-    "validation_file",
-    "test_file",
-    "text_column",
-    "label_column",
-    "encoding",
-    "output_dir",
-    "overwrite_output_dir",
-    "logging_dir",
-    "validation_fraction",
-    "test_fraction",
-    "max_eval_samples",
-    "eval_strategy",
-    "save_strategy",
-    "metric_for_best_model",
-    "policy",
+# Settings a trial may change. Others choose the data, the backbone, the output or the
+# machine setup, which one search shares: the data is tokenized once, for example.
+SEARCHABLE = {
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "classifier_dropout",
+    "seed",
 }
 UNFREEZE_DEPTH = "unfreeze_depth"
 KINDS = ("log", "float", "int", "choice")
@@ -44,10 +37,7 @@ KINDS = ("log", "float", "int", "choice")
 
 def searchable_names():
     """Return the names a search space may use."""
-    from tfpeft.config import TrainingConfig
-
-    fields = {field.name for field in dataclasses.fields(TrainingConfig)}
-    return sorted(fields - NOT_SEARCHABLE | {UNFREEZE_DEPTH})
+    return sorted(SEARCHABLE | {UNFREEZE_DEPTH})
 
 
 def _value_type(name):

@@ -267,6 +267,31 @@ def evaluate_model(model, data, split, batch_size, *, callbacks=None):
     return metrics, logits
 
 
+def position_limit(backbone):
+    """Return the most tokens the backbone's position embeddings cover, or None without a limit.
+
+    RoBERTa-style models number positions from ``pad_token_id + 1``, so two of their
+    ``max_position_embeddings`` rows are never used by a real token.
+    """
+    config = backbone.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is None:
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (config.pad_token_id or 0) + 1
+    return int(limit)
+
+
+def check_sequence_limit(max_seq_length, backbone):
+    """Raise ``ConfigError`` when ``max_seq_length`` exceeds the backbone's position limit."""
+    limit = position_limit(backbone)
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(
+            f"max_seq_length={max_seq_length} is more than this {backbone.config.model_type} "
+            f"backbone's {limit} positions. Use --max-seq-length {limit} or less."
+        )
+
+
 def library_versions():
     """Return the versions of tfpeft and the stack it runs on."""
     import transformers
@@ -338,6 +363,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         RESULTS_FILE,
         TextClassifier,
         check_output_dir,
+        discard_replaced_run,
         save_model_files,
         write_json,
     )
@@ -361,6 +387,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     progress.step(f"Loading backbone {config.model_name_or_path}")
     with strategy.scope():
         backbone = load_backbone(config.model_name_or_path)
+    check_sequence_limit(config.max_seq_length, backbone)
     data = prepare_data(config, backbone.tokenizer, splits=splits, progress=progress)
     sizes = ", ".join(f"{name} {len(examples)}" for name, examples in data.splits.items())
     progress.step(f"Data: {sizes} examples; classes: {', '.join(data.label_map.names)}")
@@ -485,6 +512,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     if role.is_chief:
         write_run_report(config.output_dir)
         recovery.remove_backup(shared_dir)
+        discard_replaced_run(shared_dir)
         progress.step(f"Run saved to {config.output_dir}; see report.md there")
     if scratch is not None:
         scratch.cleanup()

@@ -291,6 +291,11 @@ class _Search:
             )
         # The pretrained backbone and the initial head, restored before every new trial.
         self.variants = {}
+        self.class_weight = None
+        if base_config.class_weight == "balanced":
+            from tfpeft.data.labels import balanced_class_weights
+
+            self.class_weight = balanced_class_weights(data.label_ids["train"], data.label_map.num_labels)
         # Paired with their variables, because model.weights reorders when `trainable` changes.
         self.initial_weights = [(variable, variable.numpy()) for variable in self.model.weights]
         self.pretrained_fingerprint = _weights_fingerprint(backbone.main_layer.weights)
@@ -403,6 +408,7 @@ class _Search:
                     initial_epoch=initial_epoch,
                     epochs=epochs,
                     callbacks=[tf_keras.callbacks.TerminateOnNaN(), evaluation],
+                    class_weight=self.class_weight,
                     verbose=0,
                 )
             except tf.errors.ResourceExhaustedError as error:
@@ -554,14 +560,14 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
     from tfpeft.backbones import load_backbone
     from tfpeft.reports import write_search_report
     from tfpeft import distributed
-    from tfpeft.training import build_config, load_splits, prepare_data, train
+    from tfpeft.training import build_config, check_sequence_limit, load_splits, prepare_data, train
 
     config = build_config(config, overrides)
     options = options or TuningOptions()
-    distributed = [name for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT") if os.environ.get(name)]
-    if distributed:
+    oracle_settings = [name for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT") if os.environ.get(name)]
+    if oracle_settings:
         raise ConfigError(
-            f"{', '.join(distributed)} is set, which asks KerasTuner for a distributed search; "
+            f"{', '.join(oracle_settings)} is set, which asks KerasTuner for a distributed search; "
             "tfpeft tune runs on one machine only. Unset it, or run separate searches with "
             "different output folders."
         )
@@ -581,6 +587,7 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
     strategy = distributed.create_strategy(config)
     with strategy.scope():
         backbone = load_backbone(config.model_name_or_path)
+    check_sequence_limit(config.max_seq_length, backbone)
     if space is None:
         space = default_space(backbone.num_blocks)
     elif not all(hasattr(parameter, "declare") for parameter in space):
