@@ -23,3 +23,17 @@ def toy_csv(tmp_path_factory):
     """A CSV of 60 toy texts in 3 classes, 20 each."""
     texts, labels = tiny.toy_examples(num_per_class=20)
     return tiny.write_csv(str(tmp_path_factory.mktemp("toy") / "toy.csv"), texts, labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dir(tmp_path_factory):
+    """A function that returns the folder of a tiny random backbone of a model type, written once."""
+    folders = {}
+
+    def folder(model_type):
+        if model_type not in folders:
+            path = str(tmp_path_factory.mktemp(f"tiny_{model_type}"))
+            folders[model_type] = tiny.save_tiny_backbone(model_type, path)
+        return folders[model_type]
+
+    return folder

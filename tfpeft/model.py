@@ -5,7 +5,7 @@ import tf_keras
 
 from tfpeft.errors import ConfigError
 
-POOLINGS = ("mean", "cls", "pooler")
+POOLINGS = ("mean", "cls", "last", "pooler")
 
 
 @tf_keras.utils.register_keras_serializable(package="tfpeft")
@@ -13,22 +13,31 @@ class SequencePooling(tf_keras.layers.Layer):
     """Pool a sequence of hidden states ``[batch, length, dim]`` into ``[batch, dim]``.
 
     ``mean`` averages the hidden states of real tokens (attention mask 1), the pooling
-    all-MiniLM-L6-v2 was trained with; ``cls`` takes the first token's hidden state. The
-    ``pooler`` pooling uses the backbone's own pooler output and needs no layer of this kind.
+    all-MiniLM-L6-v2 was trained with; ``cls`` takes the first token's hidden state; ``last``
+    takes the hidden state of the last real token, the only one that a decoder such as GPT-2
+    lets see the whole text. The ``pooler`` pooling uses the backbone's own pooler output and
+    needs no layer of this kind.
 
     Args:
-        mode: str. ``mean`` or ``cls``.
+        mode: str. ``mean``, ``cls`` or ``last``.
     """
 
     def __init__(self, mode="mean", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("mean", "cls"):
-            raise ConfigError(f"SequencePooling mode must be 'mean' or 'cls'; got {mode!r}.")
+        if mode not in ("mean", "cls", "last"):
+            raise ConfigError(f"SequencePooling mode must be 'mean', 'cls' or 'last'; got {mode!r}.")
         self.mode = mode
 
     def call(self, hidden_states, attention_mask):
         if self.mode == "cls":
             return hidden_states[:, 0]
+        if self.mode == "last":
+            # The highest position whose mask is 1, so left and right padding both work; an
+            # all-padding row takes position 0.
+            mask = tf.cast(attention_mask, tf.int32)
+            positions = tf.range(1, tf.shape(mask)[1] + 1)[tf.newaxis, :]
+            last = tf.maximum(tf.reduce_max(mask * positions, axis=1) - 1, 0)
+            return tf.gather(hidden_states, last, axis=1, batch_dims=1)
         mask = tf.cast(attention_mask, hidden_states.dtype)[:, :, tf.newaxis]
         total = tf.reduce_sum(hidden_states * mask, axis=1)
         # An all-padding row (count 0) pools to zeros instead of NaN.
@@ -51,7 +60,9 @@ def build_classifier(backbone, num_labels, *, pooling="mean", dropout=0.1, name=
     Args:
         backbone: a ``Backbone``.
         num_labels: int. Number of classes, at least 2.
-        pooling: str. ``mean`` (over the attention mask), ``cls`` or ``pooler``.
+        pooling: str. ``mean`` (over the attention mask), ``cls``, ``last`` (the last real
+            token, for decoders such as GPT-2) or ``pooler``; ``backbone.spec.poolings`` lists
+            the ones that apply to a family.
         dropout: float. Dropout rate before the head, in [0, 1).
         name: str. The model name.
 
@@ -77,7 +88,9 @@ def build_classifier(backbone, num_labels, *, pooling="mean", dropout=0.1, name=
     head = tf_keras.layers.Dense(num_labels, dtype="float32", name="head")
 
     # Functional graph.
-    outputs = backbone.main_layer(input_ids=input_ids, attention_mask=attention_mask)
+    outputs = backbone.main_layer(
+        input_ids=input_ids, attention_mask=attention_mask, **dict(backbone.spec.call_arguments)
+    )
     if pooling == "pooler":
         pooled = outputs.pooler_output
     else:
