@@ -26,31 +26,40 @@ def expected_parts(model_type, vocab_size):
     V = vocab_size
     blocks = {"block_0": BLOCK, "block_1": BLOCK}
     pooler = {"pooler": DENSE}
+
     if model_type == "bert":  # 64 positions, 2 token types, LayerNorm
         return {"embeddings": V * H + 64 * H + 2 * H + 2 * H, **blocks, **pooler}
+
     if model_type in ("roberta", "xlm-roberta"):  # 66 positions, 1 token type
         return {"embeddings": V * H + 66 * H + H + 2 * H, **blocks, **pooler}
+
     if model_type == "distilbert":  # 64 positions, no token types
         return {"embeddings": V * H + 64 * H + 2 * H, **blocks}
+
     if model_type == "electra":  # embedding size 8, then a projection to 16
         return {"embeddings": V * 8 + 64 * 8 + 2 * 8 + 2 * 8 + (8 * H + H), **blocks}
+
     if model_type == "albert":  # as ELECTRA, and one block shared by 3 depths
         return {"embeddings": V * 8 + 64 * 8 + 2 * 8 + 2 * 8 + (8 * H + H), "shared_block_0": BLOCK, **pooler}
+
     if model_type == "deberta-v2":
-        # No absolute positions or token types; 2 * 8 relative buckets with their LayerNorm; a
-        # width-3 convolution with bias and LayerNorm after block 0.
+        # No absolute positions or token types. The relative table has 2 * 8 buckets and a
+        # LayerNorm, and block 0 adds a width-3 convolution with bias and LayerNorm.
         return {
             "embeddings": V * H + 2 * H,
             "rel_embeddings": 2 * 8 * H + 2 * H,
             "block_0": BLOCK + 3 * H * H + H + 2 * H,
             "block_1": BLOCK,
         }
+
     if model_type == "mpnet":  # 66 positions, 8 buckets x 2 heads of relative attention bias
         return {"embeddings": V * H + 66 * H + 2 * H, "relative_attention_bias": 8 * 2, **blocks, **pooler}
+
     if model_type == "gpt2":  # Conv1D layers hold the same counts as Dense ones
         return {"embeddings": V * H + 64 * H, **blocks, "final_norm": 2 * H}
+
     assert model_type == "t5"
-    # No biases; q, k, v, o of 16 x 16, a scale-only layer norm per sublayer, wi and wo.
+    # No biases: q, k, v and o of 16 x 16, a scale-only layer norm per sublayer, wi and wo.
     t5_block = 4 * H * H + H + H * I + I * H + H
     return {
         "embeddings": V * H,

@@ -227,3 +227,10 @@ def test_frozen_blocks_run_in_inference_mode(tiny_bert_dir):
     tfpeft.apply_policy(backbone, "head", frozen_dropout=True)
     noisy = backbone.main_layer(**features, training=True).last_hidden_state
     assert not np.array_equal(noisy.numpy(), inference.numpy())
+
+
+def test_pattern_on_pooler_needs_pooler_pooling(tiny_backbone):
+    with pytest.raises(ConfigError, match="selects no variable of this bert backbone outside the pooler"):
+        build(tiny_backbone, "pattern:include=^pooler/")
+    report = tfpeft.parameter_report(build(tiny_backbone, "pattern:include=^pooler/", pooling="pooler"), tiny_backbone)
+    assert report.trainable_params == POOLER + HEAD

@@ -1,7 +1,7 @@
 """Every freezing policy on a tiny random backbone of every registered family.
 
 Each case applies a policy, compiles, runs two optimizer steps with ``fit`` (warmup off), and
-checks the variables the optimizer holds against a trainable set that the test derives on its
+checks the variables the optimizer updates against a trainable set that the test derives on its
 own from stable weight names, with the table ``LAYOUTS`` of where each family keeps its parts.
 The fits run eagerly: tracing a graph for each of the 80 cases would cost about 5 s apiece,
 and graph-mode training under these policies is covered by test_policy_runs.py.
@@ -146,12 +146,12 @@ def expected_trainable(model_type, policy, case):
     }
 
 
-def variables_held_by_optimizer(model):
+def optimized_variables(model):
     """Return the model variables for which the optimizer keeps a first-moment slot."""
     moments = {v.name for v in model.optimizer.variables if v.name.startswith("AdamW/m/")}
-    held = [v for v in model.weights if f"AdamW/m/{v.name}" in moments]
-    assert len(held) == len(moments), "a moment slot matches no model variable"
-    return held
+    optimized = [v for v in model.weights if f"AdamW/m/{v.name}" in moments]
+    assert len(optimized) == len(moments), "a moment slot matches no model variable"
+    return optimized
 
 
 def num_elements(variables):
@@ -174,33 +174,33 @@ def test_policy_trains_exactly_its_variables(model_type, policy, family_case):
     model.fit(case.dataset, epochs=1, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2
 
-    held = variables_held_by_optimizer(model)
-    held_ids = {id(v) for v in held}
+    optimized = optimized_variables(model)
+    optimized_ids = {id(v) for v in optimized}
     names = {id(variable): name for name, variable in backbone.named_variables()}
-    assert {names[id(v)] for v in held if id(v) in names} == expected
+    assert {names[id(v)] for v in optimized if id(v) in names} == expected
     head = model.get_layer("head")
-    assert {id(v) for v in head.weights} <= held_ids
-    assert held_ids == {id(v) for v in model.trainable_variables}
+    assert {id(v) for v in head.weights} <= optimized_ids
+    assert optimized_ids == {id(v) for v in model.trainable_variables}
 
     for variable in model.weights:
         label = names.get(id(variable), variable.name)
-        if id(variable) in held_ids:
+        if id(variable) in optimized_ids:
             assert not np.array_equal(variable.numpy(), before[id(variable)]), f"{label} did not change"
         else:
             assert np.array_equal(variable.numpy(), before[id(variable)]), f"frozen {label} changed"
 
     report = tfpeft.parameter_report(model, backbone)
     counts = {part.name: (part.trainable, part.total) for part in report.parts}
-    backbone_held = [v for v in held if id(v) in names]
+    backbone_optimized = [v for v in optimized if id(v) in names]
     for row in {row for row, _ in LAYOUTS[model_type]}:
         in_row = [v for _, v in backbone.named_variables() if case.rows[names[id(v)]] == row]
-        held_in_row = [v for v in backbone_held if case.rows[names[id(v)]] == row]
-        assert counts[row] == (num_elements(held_in_row), num_elements(in_row)), row
+        optimized_in_row = [v for v in backbone_optimized if case.rows[names[id(v)]] == row]
+        assert counts[row] == (num_elements(optimized_in_row), num_elements(in_row)), row
     assert counts["head"] == (num_elements(head.weights), num_elements(head.weights))
     assert "other" not in counts
-    assert report.trainable_params == num_elements(held)
+    assert report.trainable_params == num_elements(optimized)
     assert report.total_params == model.count_params()
-    frozen = [v for v in model.weights if id(v) not in held_ids]
+    frozen = [v for v in model.weights if id(v) not in optimized_ids]
     assert report.trainable_params + num_elements(frozen) == report.total_params
 
 

@@ -2,8 +2,9 @@
 
 A backbone is a transformers TF model (``TFBertModel`` and friends) plus its tokenizer. The
 kit works on the model's main layer (``TFBertMainLayer``, named ``bert``), the Keras layer that
-runs the whole network, and reaches its embeddings, blocks, shared position tables, final layer
-norm and pooler through the architecture registry below, one entry per model family.
+runs the whole network. The architecture registry below, one entry per model family, says where
+the main layer keeps its embeddings, blocks, shared position tables, final layer norm and
+pooler.
 """
 
 import dataclasses
@@ -59,8 +60,8 @@ class ArchitectureSpec:
         poolings: tuple of str. Poolings the classifier may use on this family, the usual one
             first.
         model_class: str. The transformers class that loads the backbone.
-        main_layer: str or None. The model attribute that holds the main layer; None means the
-            model's ``base_model_prefix``.
+        main_layer: str or None. The model attribute that contains the main layer. None means
+            the model's ``base_model_prefix``.
         final_norm: str or None. Path of a layer norm applied after the last block.
         shared_tables: tuple of ``(name, paths)`` pairs. Position tables that every block reads,
             such as T5's relative attention bias, which lives in block 0.
@@ -141,7 +142,7 @@ ARCHITECTURES = {
         ArchitectureSpec(
             "t5",
             # The encoder applies one dropout layer to the embeddings and again after the final
-            # layer norm; it belongs to the embeddings so that frozen embeddings give fixed outputs.
+            # layer norm. It belongs to the embeddings, so frozen embeddings give fixed outputs.
             ("embed_tokens", "dropout"),
             "block",
             poolings=("mean",),
@@ -343,10 +344,10 @@ class Backbone:
         return parts
 
     def named_layers(self):
-        """Return ``(name, layer)`` pairs of every layer below the main layer that holds variables.
+        """Return ``(name, layer)`` pairs of every layer below the main layer that owns variables.
 
         Names are paths of Keras layer names relative to the main layer, such as
-        ``encoder/layer_._3/attention/self/query``; they are the same in every process and
+        ``encoder/layer_._3/attention/self/query``. They are the same in every process and
         after a save and load, unlike the model-instance prefix of ``variable.name``.
         """
         named = []

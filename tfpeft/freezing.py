@@ -3,11 +3,11 @@
 Keras decides per layer what trains: ``model.trainable_variables`` gathers the variables of
 every layer whose ``trainable`` flag is set, and ``fit`` hands that list to the optimizer. A
 layer whose variables are all frozen gets ``trainable = False``, the public mechanism. A layer
-with frozen and trainable variables (BitFit trains a Dense layer's bias but not its kernel)
-stays trainable, and each of its frozen variables moves from the layer's
-``_trainable_weights`` list to its ``_non_trainable_weights`` list, the two lists in which a
-tf_keras 2.x layer keeps the variables it created. A frozen layer lists both in
-``non_trainable_weights``, so Keras itself treats moved variables like those of a frozen layer.
+with frozen and trainable variables stays trainable: BitFit, for one, trains a Dense layer's
+bias but not its kernel. Each frozen variable of such a layer moves from the layer's
+``_trainable_weights`` list to its ``_non_trainable_weights`` list. A tf_keras 2.x layer keeps
+the variables it created in these two lists, and a frozen layer reports both as
+non-trainable, so Keras itself treats moved variables like those of a frozen layer.
 
 Nothing else changes: the variable objects and the attributes that hold them stay, so TF
 checkpoints, which follow attributes, still match; ``model.trainable_variables``, the

@@ -13,10 +13,10 @@ class SequencePooling(tf_keras.layers.Layer):
     """Pool a sequence of hidden states ``[batch, length, dim]`` into ``[batch, dim]``.
 
     ``mean`` averages the hidden states of real tokens (attention mask 1), the pooling
-    all-MiniLM-L6-v2 was trained with; ``cls`` takes the first token's hidden state; ``last``
-    takes the hidden state of the last real token, the only one that a decoder such as GPT-2
-    lets see the whole text. The ``pooler`` pooling uses the backbone's own pooler output and
-    needs no layer of this kind.
+    all-MiniLM-L6-v2 was trained with. ``cls`` takes the first token's hidden state. ``last``
+    takes the hidden state of the last real token, because a decoder such as GPT-2 lets only
+    that token see the whole text. The ``pooler`` pooling uses the backbone's own pooler output
+    and needs no layer of this kind.
 
     Args:
         mode: str. ``mean``, ``cls`` or ``last``.
@@ -61,7 +61,7 @@ def build_classifier(backbone, num_labels, *, pooling="mean", dropout=0.1, name=
         backbone: a ``Backbone``.
         num_labels: int. Number of classes, at least 2.
         pooling: str. ``mean`` (over the attention mask), ``cls``, ``last`` (the last real
-            token, for decoders such as GPT-2) or ``pooler``; ``backbone.spec.poolings`` lists
+            token, for decoders such as GPT-2) or ``pooler``. ``backbone.spec.poolings`` lists
             the ones that apply to a family.
         dropout: float. Dropout rate before the head, in [0, 1).
         name: str. The model name.

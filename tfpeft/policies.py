@@ -1,10 +1,10 @@
 """Freezing policies: which backbone variables train, and the trainable-parameter report.
 
-A policy selects backbone variables; the classifier's head always trains. ``head``,
-``last_n:K``, ``full`` and ``embeddings_frozen`` select whole parts of the backbone (the
-embeddings, the blocks, shared position tables, the final layer norm, the pooler; see
-``Backbone.parts``). ``bitfit``, ``layernorm`` and ``pattern`` select single variables in every
-part. ``apply_policy`` makes exactly the selected variables trainable (see ``tfpeft.freezing``)
+A policy selects backbone variables, and the classifier's head always trains. ``head``,
+``last_n:K``, ``full`` and ``embeddings_frozen`` select whole parts of the backbone, as
+``Backbone.parts`` lists them: the embeddings, the blocks, shared position tables, the final
+layer norm and the pooler. ``bitfit``, ``layernorm`` and ``pattern`` select single variables in
+every part. ``apply_policy`` makes exactly the selected variables trainable (see ``tfpeft.freezing``)
 and runs every part without a selected variable in inference mode, so its dropout is off even
 while the rest trains, which is the Keras transfer-learning convention. ``frozen_dropout=True``
 keeps dropout on in frozen parts, as PyTorch does when a frozen module stays in train mode.
@@ -53,8 +53,8 @@ class Policy:
     - ``layernorm``: the LayerNorm scales and biases of the backbone train.
     - ``embeddings_frozen``: everything but the embeddings trains.
     - ``pattern``: the variables whose stable name (``Backbone.named_variables``) matches the
-      regular expression ``include`` and does not match ``exclude`` train; ``re.search`` is
-      used, so a pattern matches anywhere in the name unless anchored.
+      regular expression ``include`` and does not match ``exclude`` train. Matching uses
+      ``re.search``, so a pattern matches anywhere in the name unless anchored.
 
     Args:
         kind: str. One of ``POLICY_KINDS``.
@@ -128,9 +128,9 @@ class Policy:
     def select_variables(self, backbone, pooling="mean"):
         """Return the backbone variables this policy trains on ``backbone``, in part order.
 
-        Raises ``ConfigError`` when ``last_n:K`` asks for more blocks than the backbone has,
-        and when ``bitfit``, ``layernorm`` or ``pattern`` selects no variable at all, since
-        that policy would then silently equal ``head``.
+        Raises ``ConfigError`` when ``last_n:K`` requests more blocks than the backbone has.
+        Also raises it when ``bitfit``, ``layernorm`` or ``pattern`` selects no variable at
+        all, because that policy would then silently equal ``head``.
         """
         self._check_block_count(backbone)
         owners = _owner_layers(backbone.main_layer)
@@ -214,13 +214,15 @@ class Policy:
                 "LayerNorm layers. Use bitfit, last_n:K or pattern:include=REGEX instead."
             )
         examples = ", ".join(repr(name) for name in list(names.values())[:3])
+        pooler = next((part for part in backbone.parts() if part.role == "pooler"), None)
         pooler_note = ""
-        if pooling != "pooler" and backbone.pooler is not None:
-            pooler_note = f" (the pooler's variables train only with pooling='pooler'; this run uses {pooling!r})"
+        if pooling != "pooler" and pooler is not None:
+            if any(self._selects(None, v, None, names.get(id(v), "")) for v in pooler.variables):
+                pooler_note = f" outside the pooler, whose variables train only with pooling='pooler' (this run uses {pooling!r})"
         return (
             f"policy {self.name!r} selects no variable of this {model_type} backbone"
             f"{pooler_note}. Names look like {examples}; `tfpeft inspect --model MODEL "
-            "--weights` lists them all."
+            "--policy head --weights` lists them all."
         )
 
 
