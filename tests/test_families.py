@@ -10,7 +10,7 @@ import tf_keras
 
 import tfpeft
 import tiny
-from tfpeft.data import encode_texts
+from tfpeft.data import encode_texts, make_dataset
 from tfpeft.errors import ConfigError
 from tfpeft.model import SequencePooling
 
@@ -152,6 +152,38 @@ def test_bert_weight_name_example(loaded):
     assert names["embeddings/word_embeddings/weight"].shape == (100, H)
 
 
+def test_t5_encoder_loads_from_encoder_decoder_folder(tmp_path):
+    # Hub T5 checkpoints hold the whole encoder-decoder model.
+    import transformers
+
+    folder = str(tmp_path)
+    tiny.tiny_tokenizer("t5", folder).save_pretrained(folder)
+    settings = tiny.FAMILY_CONFIGS["t5"][2]
+    full = transformers.TFT5Model(transformers.T5Config(**settings, vocab_size=60))
+    full(input_ids=tf.constant([[4, 5, 6]]), decoder_input_ids=tf.constant([[0, 4]]))
+    full.save_pretrained(folder)
+
+    backbone = tfpeft.load_backbone(folder)
+    assert type(backbone.model).__name__ == "TFT5EncoderModel"
+    saved = {v.name.split("/", 1)[1]: v for v in full.encoder.weights if "/block_._" in v.name}
+    loaded_blocks = {v.name.split("/", 1)[1]: v for v in backbone.main_layer.weights if "/block_._" in v.name}
+    assert saved.keys() == loaded_blocks.keys()
+    for name, variable in loaded_blocks.items():
+        np.testing.assert_array_equal(variable.numpy(), saved[name].numpy())
+    np.testing.assert_array_equal(backbone.embeddings.embeddings.numpy(), full.shared.embeddings.numpy())
+
+
+def test_gpt2_layer_norms_are_not_decayed(loaded):
+    from tfpeft.training import create_optimizer
+
+    backbone = loaded("gpt2")
+    optimizer = create_optimizer(tfpeft.TrainingConfig(output_dir="unused", weight_decay=0.01), total_steps=1)
+    decayed = {name for name, v in backbone.named_variables() if optimizer._use_weight_decay(v)}
+    assert decayed == {"wte/embeddings", "wpe/embeddings"} | {
+        f"h_._{i}/{layer}/weight" for i in (0, 1) for layer in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
+    }
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_every_listed_pooling_builds(model_type, loaded):
     backbone = loaded(model_type)
@@ -172,11 +204,22 @@ def test_last_pooling_takes_last_real_token():
     hidden = tf.reshape(tf.range(2 * 4 * 3, dtype=tf.float32), (2, 4, 3))
     right_padded = tf.constant([[1, 1, 0, 0], [1, 1, 1, 1]])
     left_padded = tf.constant([[0, 0, 1, 1], [0, 1, 1, 1]])
-    empty = tf.constant([[0, 0, 0, 0], [1, 0, 0, 0]])
+    one_empty = tf.constant([[0, 0, 0, 0], [1, 0, 0, 0]])
     pooling = SequencePooling("last")
     np.testing.assert_array_equal(pooling(hidden, right_padded), hidden.numpy()[[0, 1], [1, 3]])
     np.testing.assert_array_equal(pooling(hidden, left_padded), hidden.numpy()[[0, 1], [3, 3]])
-    np.testing.assert_array_equal(pooling(hidden, empty), hidden.numpy()[[0, 1], [0, 0]])
+    np.testing.assert_array_equal(pooling(hidden, one_empty), [np.zeros(3), hidden.numpy()[1, 0]])
+    # A batch of empty texts has length 0, which GPT-2's tokenizer gives for an empty string.
+    np.testing.assert_array_equal(pooling(tf.zeros((2, 0, 3)), tf.zeros((2, 0), tf.int32)), np.zeros((2, 3)))
+
+
+def test_gpt2_classifier_predicts_empty_text(loaded):
+    backbone = loaded("gpt2")
+    model = tfpeft.build_classifier(backbone, 3, pooling="last")
+    encoded = encode_texts(backbone.tokenizer, ["", ""], max_seq_length=16)
+    assert encoded.input_ids.shape == (2, 0)
+    logits = model.predict(make_dataset(encoded, batch_size=2), verbose=0)
+    np.testing.assert_allclose(logits, np.tile(model.get_layer("head").bias.numpy(), (2, 1)), atol=1e-6)
 
 
 def test_gpt2_pads_with_end_of_sequence_token(tiny_family_dir, caplog):

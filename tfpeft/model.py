@@ -32,12 +32,17 @@ class SequencePooling(tf_keras.layers.Layer):
         if self.mode == "cls":
             return hidden_states[:, 0]
         if self.mode == "last":
-            # The highest position whose mask is 1, so left and right padding both work; an
-            # all-padding row takes position 0.
+            # The highest position whose mask is 1, so left and right padding both work. An
+            # all-padding row, even one of length 0 (an empty text for GPT-2, which adds no
+            # special tokens), pools to the zero vector appended after the last position.
             mask = tf.cast(attention_mask, tf.int32)
-            positions = tf.range(1, tf.shape(mask)[1] + 1)[tf.newaxis, :]
-            last = tf.maximum(tf.reduce_max(mask * positions, axis=1) - 1, 0)
-            return tf.gather(hidden_states, last, axis=1, batch_dims=1)
+            length = tf.shape(mask)[1]
+            positions = mask * tf.range(1, length + 1)[tf.newaxis, :]
+            # The zero column in front keeps reduce_max defined when the length is 0.
+            last = tf.reduce_max(tf.pad(positions, [[0, 0], [1, 0]]), axis=1) - 1
+            last = tf.where(last >= 0, last, length)
+            padded = tf.pad(hidden_states, [[0, 0], [0, 1], [0, 0]])
+            return tf.gather(padded, last, axis=1, batch_dims=1)
         mask = tf.cast(attention_mask, hidden_states.dtype)[:, :, tf.newaxis]
         total = tf.reduce_sum(hidden_states * mask, axis=1)
         # An all-padding row (count 0) pools to zeros instead of NaN.
