@@ -114,6 +114,25 @@ def test_albert_runs_one_block_at_every_depth(loaded):
     assert shared.depths == (0, 1, 2)
 
 
+def test_albert_groups_follow_depth_ranges():
+    # Two groups over four depths: depths 0-1 run group 0 and depths 2-3 run group 1.
+    import transformers
+
+    settings = {**tiny.FAMILY_CONFIGS["albert"][2], "num_hidden_layers": 4, "num_hidden_groups": 2}
+    model = transformers.TFAlbertModel(transformers.AlbertConfig(**settings, vocab_size=60))
+    model(model.dummy_inputs)
+    backbone = tfpeft.Backbone(model, tokenizer=None, source="in memory")
+    shared = [part for part in backbone.parts() if part.role == "shared_block"]
+    assert [(part.name, part.depths) for part in shared] == [("shared_block_0", (0, 1)), ("shared_block_1", (2, 3))]
+    assert backbone.blocks == [shared[0].layers[0]] * 2 + [shared[1].layers[0]] * 2
+
+    def trained_parts(policy):
+        return tfpeft.parse_policy(policy).trainable_part_names(backbone, "mean")
+
+    assert trained_parts("last_n:1") == trained_parts("last_n:2") == {"shared_block_1"}
+    assert trained_parts("last_n:3") == {"shared_block_0", "shared_block_1"}
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_weight_names_are_stable(model_type, loaded, tiny_family_dir):
     backbone = loaded(model_type)
