@@ -17,7 +17,8 @@ Parts that are not one block, the same rules on every family:
   trains, because training it changes what the frozen blocks compute;
 - ALBERT's shared block, which runs at every depth, trains when any depth is unfrozen, because
   ``last_n:K`` would otherwise train nothing for K below the depth;
-- the pooler trains only with ``pooling="pooler"``, the one pooling whose loss reaches it.
+- the pooler trains only with ``pooling="pooler"``, the only pooling that passes the pooler's
+  output on to the loss.
 """
 
 import dataclasses
@@ -218,7 +219,10 @@ class Policy:
         pooler_note = ""
         if pooling != "pooler" and pooler is not None:
             if any(self._selects(None, v, None, names.get(id(v), "")) for v in pooler.variables):
-                pooler_note = f" outside the pooler, whose variables train only with pooling='pooler' (this run uses {pooling!r})"
+                pooler_note = (
+                    " outside the pooler, whose variables train only with pooling='pooler' "
+                    f"(this run uses {pooling!r})"
+                )
         return (
             f"policy {self.name!r} selects no variable of this {model_type} backbone"
             f"{pooler_note}. Names look like {examples}; `tfpeft inspect --model MODEL "
