@@ -33,3 +33,17 @@ def tiny_bert_no_dropout_dir(tmp_path_factory):
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dir(tmp_path_factory):
+    """A function that returns the folder of a tiny random backbone of a model type, written once."""
+    folders = {}
+
+    def folder(model_type):
+        if model_type not in folders:
+            path = str(tmp_path_factory.mktemp(f"tiny_{model_type}"))
+            folders[model_type] = tiny.save_tiny_backbone(model_type, path)
+        return folders[model_type]
+
+    return folder

@@ -12,7 +12,7 @@ def test_load_local_folder(tiny_bert_dir):
     assert backbone.config.model_type == "bert"
     assert backbone.num_blocks == 2
     assert backbone.hidden_dim == 16
-    assert [name for name, _ in backbone.parts()] == ["embeddings", "block_0", "block_1", "pooler"]
+    assert [part.name for part in backbone.parts()] == ["embeddings", "block_0", "block_1", "pooler"]
     assert backbone.tokenizer("goal match")["input_ids"][0] == backbone.tokenizer.cls_token_id
 
 

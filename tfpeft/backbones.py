@@ -1,9 +1,10 @@
 """Load Hugging Face TF backbones offline or from the Hub, and find their parts.
 
 A backbone is a transformers TF model (``TFBertModel`` and friends) plus its tokenizer. The
-kit works on the model's main layer (``TFBertMainLayer``, named ``bert``), the one Keras layer
-that a transformers TF model holds, and reaches its embeddings, blocks and pooler through the
-architecture registry below, one entry per model family.
+kit works on the model's main layer (``TFBertMainLayer``, named ``bert``), the Keras layer that
+runs the whole network. The architecture registry below, one entry per model family, says where
+the main layer keeps its embeddings, blocks, shared position tables, final layer norm and
+pooler.
 """
 
 import dataclasses
@@ -11,7 +12,9 @@ import importlib.util
 import logging
 import os
 import warnings
-from typing import Optional
+from typing import Callable, Optional
+
+import tensorflow as tf
 
 from tfpeft.errors import BackboneNotFoundError, UnsupportedArchitectureError
 
@@ -43,36 +46,119 @@ ALIASES = {"minilm": minilm_folder}
 class ArchitectureSpec:
     """Where one model family keeps its parts inside the TF main layer.
 
-    Attribute paths are dotted and relative to the main layer, e.g. ``encoder.layer``.
+    Paths are dotted and relative to the main layer, e.g. ``encoder.layer``. An integer picks an
+    item of a list (``block.0``), and a trailing ``?`` marks a path that only some configs of
+    the family have: ELECTRA has ``embeddings_project`` only when its embedding size differs
+    from its hidden size. A path ends at a layer or at a single variable.
 
     Args:
         model_type: str. The ``model_type`` of the family's transformers config.
-        embeddings: str. Path of the embeddings layer.
+        embeddings: tuple of str. Paths of everything below the first block: token and
+            position embeddings, an embedding projection, and a dropout applied to them.
         blocks: str. Path of the ordered list of transformer blocks.
         pooler: str or None. Path of the pooler layer, None where the family has none.
-        poolings: tuple of str. Pooling kinds the classifier may use on this family.
+        poolings: tuple of str. Poolings the classifier may use on this family, the usual one
+            first.
         model_class: str. The transformers class that loads the backbone.
+        main_layer: str or None. The model attribute that contains the main layer. None means
+            the model's ``base_model_prefix``.
+        final_norm: str or None. Path of a layer norm applied after the last block.
+        shared_tables: tuple of ``(name, paths)`` pairs. Position tables that every block reads,
+            such as T5's relative attention bias, which lives in block 0.
+        block_extras: tuple of ``(block index, path)`` pairs. Layers that run right after that
+            block and belong to it.
+        block_groups: callable or None. For families whose depths share block weights (ALBERT),
+            a function of the config that returns, for each depth, the index of the layer in
+            ``blocks`` that runs there. None means one layer per depth.
+        call_arguments: tuple of ``(name, value)`` pairs. Extra keyword arguments for the main
+            layer's call.
     """
 
     model_type: str
-    embeddings: str
+    embeddings: tuple
     blocks: str
-    pooler: Optional[str]
-    poolings: tuple
+    pooler: Optional[str] = None
+    poolings: tuple = ("mean", "cls")
     model_class: str = "TFAutoModel"
+    main_layer: Optional[str] = None
+    final_norm: Optional[str] = None
+    shared_tables: tuple = ()
+    block_extras: tuple = ()
+    block_groups: Optional[Callable] = None
+    call_arguments: tuple = ()
 
+
+def _albert_block_groups(config):
+    # ALBERT runs num_hidden_layers blocks with only num_hidden_groups sets of weights; depth i
+    # runs group int(i / (num_hidden_layers / num_hidden_groups)), as TFAlbertTransformer does.
+    depths_per_group = config.num_hidden_layers / config.num_hidden_groups
+    return [int(depth / depths_per_group) for depth in range(config.num_hidden_layers)]
+
+
+_BERT_POOLINGS = ("mean", "cls", "pooler")
 
 ARCHITECTURES = {
     spec.model_type: spec
     for spec in (
-        ArchitectureSpec("bert", "embeddings", "encoder.layer", "pooler", ("mean", "cls", "pooler")),
-        ArchitectureSpec("roberta", "embeddings", "encoder.layer", "pooler", ("mean", "cls", "pooler")),
+        ArchitectureSpec("bert", ("embeddings",), "encoder.layer", "pooler?", _BERT_POOLINGS),
+        ArchitectureSpec("roberta", ("embeddings",), "encoder.layer", "pooler?", _BERT_POOLINGS),
+        ArchitectureSpec("xlm-roberta", ("embeddings",), "encoder.layer", "pooler?", _BERT_POOLINGS),
+        ArchitectureSpec("electra", ("embeddings", "embeddings_project?"), "encoder.layer"),
+        ArchitectureSpec("distilbert", ("embeddings",), "transformer.layer"),
         ArchitectureSpec(
-            "xlm-roberta", "embeddings", "encoder.layer", "pooler", ("mean", "cls", "pooler")
+            "albert",
+            ("embeddings", "encoder.embedding_hidden_mapping_in"),
+            "encoder.albert_layer_groups",
+            "pooler?",
+            _BERT_POOLINGS,
+            block_groups=_albert_block_groups,
         ),
-        ArchitectureSpec("electra", "embeddings", "encoder.layer", None, ("mean", "cls")),
+        ArchitectureSpec(
+            "deberta-v2",
+            ("embeddings",),
+            "encoder.layer",
+            # The encoder's LayerNorm normalizes the relative embeddings, not the hidden states.
+            shared_tables=(("rel_embeddings", ("encoder.rel_embeddings?", "encoder.LayerNorm?")),),
+            # Checkpoints with conv_kernel_size > 0 add a convolution to block 0's output.
+            block_extras=((0, "encoder.conv?"),),
+        ),
+        ArchitectureSpec(
+            "mpnet",
+            ("embeddings",),
+            "encoder.layer",
+            "pooler?",
+            _BERT_POOLINGS,
+            shared_tables=(("relative_attention_bias", ("encoder.relative_attention_bias",)),),
+        ),
+        ArchitectureSpec(
+            "gpt2",
+            ("wte", "wpe", "drop"),
+            "h",
+            poolings=("last", "mean"),
+            final_norm="ln_f",
+            # The classifier reads hidden states only, so the key-value cache is wasted work.
+            call_arguments=(("use_cache", False),),
+        ),
+        ArchitectureSpec(
+            "t5",
+            # The encoder applies one dropout layer to the embeddings and again after the final
+            # layer norm. It belongs to the embeddings, so frozen embeddings give fixed outputs.
+            ("embed_tokens", "dropout"),
+            "block",
+            poolings=("mean",),
+            # TFAutoModel would load the whole encoder-decoder TFT5Model.
+            model_class="TFT5EncoderModel",
+            main_layer="encoder",
+            final_norm="final_layer_norm",
+            shared_tables=(
+                ("relative_attention_bias", ("block.0.layer.0.SelfAttention.relative_attention_bias",)),
+            ),
+        ),
     )
 }
+
+# Roles of backbone parts, in the order the report lists them.
+PART_ROLES = ("embeddings", "shared_table", "block", "shared_block", "final_norm", "pooler")
 
 
 def architecture_spec(model_type):
@@ -85,10 +171,55 @@ def architecture_spec(model_type):
     return ARCHITECTURES[model_type]
 
 
-def _get_path(obj, path):
-    for name in path.split("."):
-        obj = getattr(obj, name)
+def _get_path(root, path):
+    """Follow a registry path from ``root``; return None for a missing optional (``?``) path."""
+    optional = path.endswith("?")
+    obj = root
+    for name in path.rstrip("?").split("."):
+        if name.isdigit():
+            obj = obj[int(name)] if obj is not None and int(name) < len(obj) else None
+        else:
+            obj = getattr(obj, name, None)
+        if obj is None:
+            if optional:
+                return None
+            raise UnsupportedArchitectureError(
+                f"The registry entry of this backbone expects {path!r} in "
+                f"{type(root).__name__}, which has no {name!r}. The installed transformers "
+                "version may lay the model out differently from 4.54.1."
+            )
     return obj
+
+
+def _variables_of(obj):
+    if isinstance(obj, tf.Variable):
+        return [obj]
+    return list(obj.weights)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BackbonePart:
+    """A set of backbone variables that the report counts as one row.
+
+    Args:
+        name: str. ``embeddings``, ``block_3``, ``shared_block_0``, ``final_norm``, ``pooler``,
+            or the name of a shared position table such as ``relative_attention_bias``.
+        role: str. One of ``PART_ROLES``.
+        layers: tuple of layers. The layers that make up the part; a frozen part runs them in
+            inference mode. Empty for a table that is a single variable inside another layer.
+        variables: tuple of ``tf.Variable``. The variables the part owns. A variable reached by
+            several paths belongs to the part with the longest path, so T5's relative attention
+            bias counts in its own part and not in block 0.
+        depths: tuple of int. The block depths the part serves: its own index for a block,
+            every depth that runs it for a shared block, every depth for a shared table, and
+            none for the embeddings and the pooler.
+    """
+
+    name: str
+    role: str
+    layers: tuple
+    variables: tuple
+    depths: tuple
 
 
 class Backbone:
@@ -112,21 +243,32 @@ class Backbone:
         self.source = source
         self.config = model.config
         self.spec = architecture_spec(model.config.model_type)
-        self.main_layer = getattr(model, model.base_model_prefix)
+        self.main_layer = getattr(model, self.spec.main_layer or model.base_model_prefix)
 
     @property
     def embeddings(self):
-        """The embeddings layer."""
-        return _get_path(self.main_layer, self.spec.embeddings)
+        """The embeddings layer (the token embeddings where a family splits them, as GPT-2 does)."""
+        return _get_path(self.main_layer, self.spec.embeddings[0])
 
     @property
-    def blocks(self):
-        """The transformer blocks, from the input side to the output side."""
+    def block_layers(self):
+        """The distinct block layers, in the order the family lists them."""
         return list(_get_path(self.main_layer, self.spec.blocks))
 
     @property
+    def blocks(self):
+        """The block layer run at each depth, from the input side to the output side.
+
+        ALBERT runs the same layer at several depths, so its list repeats layers.
+        """
+        layers = self.block_layers
+        if self.spec.block_groups is None:
+            return layers
+        return [layers[index] for index in self.spec.block_groups(self.config)]
+
+    @property
     def num_blocks(self):
-        """The number of transformer blocks."""
+        """The number of block depths; ``last_n:K`` takes K from 0 to this."""
         return len(self.blocks)
 
     @property
@@ -134,20 +276,130 @@ class Backbone:
         """The pooler layer, or None where the model family or this checkpoint has none."""
         if self.spec.pooler is None:
             return None
-        return getattr(self.main_layer, self.spec.pooler, None)
+        return _get_path(self.main_layer, self.spec.pooler)
 
     @property
     def hidden_dim(self):
         """The size of the hidden states the blocks output."""
         return self.config.hidden_size
 
-    def parts(self):
-        """Return ``(name, layer)`` pairs of every part, in input-to-output order."""
-        parts = [("embeddings", self.embeddings)]
-        parts += [(f"block_{i}", block) for i, block in enumerate(self.blocks)]
+    def _part_paths(self):
+        """Return ``(name, role, paths, depths)`` of every part, in report order."""
+        spec = self.spec
+        num_blocks = self.num_blocks
+        every_depth = tuple(range(num_blocks))
+        parts = [("embeddings", "embeddings", spec.embeddings, ())]
+        parts += [(name, "shared_table", paths, every_depth) for name, paths in spec.shared_tables]
+
+        extras = {}
+        for index, path in spec.block_extras:
+            extras.setdefault(index, []).append(path)
+        if spec.block_groups is None:
+            for depth in range(num_blocks):
+                paths = (f"{spec.blocks}.{depth}", *extras.get(depth, ()))
+                parts.append((f"block_{depth}", "block", paths, (depth,)))
+        else:
+            groups = spec.block_groups(self.config)
+            for index in range(len(self.block_layers)):
+                depths = tuple(depth for depth, group in enumerate(groups) if group == index)
+                parts.append((f"shared_block_{index}", "shared_block", (f"{spec.blocks}.{index}",), depths))
+
+        if spec.final_norm is not None:
+            parts.append(("final_norm", "final_norm", (spec.final_norm,), (num_blocks - 1,)))
         if self.pooler is not None:
-            parts.append(("pooler", self.pooler))
+            parts.append(("pooler", "pooler", (spec.pooler,), ()))
         return parts
+
+    def parts(self):
+        """Return the ``BackbonePart`` of every part, in input-to-output order.
+
+        Variables that no registry path reaches are not in any part; ``parameter_report``
+        counts them in a row named ``other``.
+        """
+        part_paths = self._part_paths()
+        owner = {}  # id(variable) -> (path length, part index)
+        layers = [[] for _ in part_paths]
+        found = [[] for _ in part_paths]
+        for index, (_, _, paths, _) in enumerate(part_paths):
+            for path in paths:
+                obj = _get_path(self.main_layer, path)
+                if obj is None:
+                    continue
+                if not isinstance(obj, tf.Variable):
+                    layers[index].append(obj)
+                # The longest path is the most specific: T5's bias table path runs through block 0.
+                specificity = len(path.split("."))
+                for variable in _variables_of(obj):
+                    found[index].append(variable)
+                    if id(variable) not in owner or owner[id(variable)][0] < specificity:
+                        owner[id(variable)] = (specificity, index)
+
+        parts = []
+        for index, (name, role, _, depths) in enumerate(part_paths):
+            variables = {}
+            for variable in found[index]:
+                if owner[id(variable)][1] == index:
+                    variables.setdefault(id(variable), variable)
+            parts.append(BackbonePart(name, role, tuple(layers[index]), tuple(variables.values()), depths))
+        return parts
+
+    def named_layers(self):
+        """Return ``(name, layer)`` pairs of every layer below the main layer that owns variables.
+
+        Names are paths of Keras layer names relative to the main layer, such as
+        ``encoder/layer_._3/attention/self/query``. They are the same in every process and
+        after a save and load, unlike the model-instance prefix of ``variable.name``.
+        """
+        named = []
+        seen = set()
+
+        def visit(layer, prefix):
+            for child in layer._flatten_layers(include_self=False, recursive=False):
+                if id(child) in seen or not child.weights:
+                    continue
+                seen.add(id(child))
+                name = prefix + child.name
+                named.append((name, child))
+                visit(child, name + "/")
+
+        visit(self.main_layer, "")
+        return named
+
+    def named_variables(self):
+        """Return ``(name, variable)`` pairs of every backbone variable, with stable names.
+
+        A name is the owning layer's name from ``named_layers`` followed by the variable's name
+        inside that layer, such as ``encoder/layer_._3/attention/self/query/kernel`` or
+        ``embeddings/word_embeddings/weight``. Weight patterns and reports use these names.
+        """
+        named = []
+        for prefix, layer in [("", self.main_layer)] + self.named_layers():
+            anchor = [self.main_layer.name] + (prefix.split("/") if prefix else [])
+            own = layer._trainable_weights + layer._non_trainable_weights
+            names = [_join_name(prefix, _name_inside_layer(variable, anchor)) for variable in own]
+            named += sorted(zip(names, own), key=lambda pair: pair[0])
+        return named
+
+
+def _name_inside_layer(variable, anchor):
+    """Return the part of ``variable.name`` after its owning layer, without ``:0``.
+
+    ``anchor`` is the owner's path from the main layer, main layer name first. Variables that
+    transformers builds under another name scope (T5's shared embedding, ``shared/shared/...``)
+    fall back to what follows the last occurrence of the owner's own name.
+    """
+    segments = variable.name.split(":")[0].split("/")
+    for start in range(len(segments) - len(anchor)):
+        if segments[start:start + len(anchor)] == anchor:
+            return "/".join(segments[start + len(anchor):])
+    for index in range(len(segments) - 2, -1, -1):
+        if segments[index] == anchor[-1]:
+            return "/".join(segments[index + 1:])
+    return segments[-1]
+
+
+def _join_name(prefix, name):
+    return f"{prefix}/{name}" if prefix else name
 
 
 def resolve_model_path(name_or_path):
@@ -236,6 +488,8 @@ def load_backbone(name_or_path, *, pretrained=True, tokenizer_path=None):
                 model = model_class.from_pretrained(path)
             else:
                 model = model_class.from_config(config)
+                # Built the way from_pretrained builds it, so variable names are the same.
+                model.build_in_name_scope()
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
     except OSError as error:
         if os.path.isdir(path):
@@ -246,6 +500,21 @@ def load_backbone(name_or_path, *, pretrained=True, tokenizer_path=None):
     finally:
         hf_logging.set_verbosity(verbosity)
 
+    _set_padding_token(tokenizer, config.model_type)
     logger.info("Loaded backbone %s (%s) from %s", config.model_type, type(model).__name__, path)
     return Backbone(model, tokenizer, source=name_or_path)
+
+
+def _set_padding_token(tokenizer, model_type):
+    """Pad with the end-of-sequence token where the tokenizer has no padding token (GPT-2)."""
+    if tokenizer.pad_token is not None or tokenizer.eos_token is None:
+        return
+    tokenizer.pad_token = tokenizer.eos_token
+    # The attention mask hides padding from the model and from the pooling, so the padding id
+    # only has to be a valid token id.
+    logger.info(
+        "The %s tokenizer has no padding token; padding with its end-of-sequence token %r.",
+        model_type,
+        tokenizer.eos_token,
+    )
 

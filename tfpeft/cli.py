@@ -112,9 +112,14 @@ def _build_parser():
 
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
-    inspect.add_argument("--policy", default="last_n:2", help="Freezing policy (default: last_n:2).")
-    inspect.add_argument("--pooling", default="mean", help="Pooling: mean, cls or pooler (default: mean).")
+    inspect.add_argument(
+        "--policy", default="last_n:2",
+        help="Freezing policy: head, last_n:K, full, bitfit, layernorm, embeddings_frozen or "
+        "pattern:include=REGEX,exclude=REGEX (default: last_n:2).",
+    )
+    inspect.add_argument("--pooling", default="mean", help="Pooling: mean, cls, last or pooler (default: mean).")
     inspect.add_argument("--num-labels", type=int, default=2, help="Number of classes of the head (default: 2).")
+    inspect.add_argument("--weights", action="store_true", help="Also list every variable by stable name, the names pattern policies match.")
     inspect.add_argument("--json", action="store_true", help="Print the report as JSON.")
     return parser
 
@@ -221,9 +226,11 @@ def _run_inspect(args):
 
     report = tfpeft.inspect(args.model, args.policy, pooling=args.pooling, num_labels=args.num_labels)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(f"Policy {args.policy} on {args.model}:\n{report.format()}")
+        print(json.dumps(report.to_dict(weights=args.weights), indent=2))
+        return
+    print(f"Policy {args.policy} on {args.model}:\n{report.format()}")
+    if args.weights:
+        print(f"\n{report.format_weights()}")
 
 
 def _run_launch(args):

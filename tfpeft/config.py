@@ -53,8 +53,12 @@ class TrainingConfig:
     model_name_or_path: str = _field(
         "minilm", "Backbone: a folder written by save_pretrained, a Hub name, or 'minilm'."
     )
-    policy: str = _field("last_n:2", "Freezing policy: head, last_n:K or full.")
-    pooling: str = _field("mean", "Pooling of the hidden states: mean, cls or pooler.")
+    policy: str = _field(
+        "last_n:2",
+        "Freezing policy: head, last_n:K, full, bitfit, layernorm, embeddings_frozen or "
+        "pattern:include=REGEX,exclude=REGEX.",
+    )
+    pooling: str = _field("mean", "Pooling of the hidden states: mean, cls, last (GPT-2) or pooler.")
     classifier_dropout: float = _field(0.1, "Dropout rate before the classification head.")
     frozen_dropout: bool = _field(
         False, "Keep dropout on in frozen backbone parts while training (off by default)."

@@ -5,7 +5,7 @@ import tf_keras
 
 from tfpeft.errors import ConfigError
 
-POOLINGS = ("mean", "cls", "pooler")
+POOLINGS = ("mean", "cls", "last", "pooler")
 
 
 @tf_keras.utils.register_keras_serializable(package="tfpeft")
@@ -13,22 +13,36 @@ class SequencePooling(tf_keras.layers.Layer):
     """Pool a sequence of hidden states ``[batch, length, dim]`` into ``[batch, dim]``.
 
     ``mean`` averages the hidden states of real tokens (attention mask 1), the pooling
-    all-MiniLM-L6-v2 was trained with; ``cls`` takes the first token's hidden state. The
-    ``pooler`` pooling uses the backbone's own pooler output and needs no layer of this kind.
+    all-MiniLM-L6-v2 was trained with. ``cls`` takes the first token's hidden state. ``last``
+    takes the hidden state of the last real token, because a decoder such as GPT-2 lets only
+    that token see the whole text. The ``pooler`` pooling uses the backbone's own pooler output
+    and needs no layer of this kind.
 
     Args:
-        mode: str. ``mean`` or ``cls``.
+        mode: str. ``mean``, ``cls`` or ``last``.
     """
 
     def __init__(self, mode="mean", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("mean", "cls"):
-            raise ConfigError(f"SequencePooling mode must be 'mean' or 'cls'; got {mode!r}.")
+        if mode not in ("mean", "cls", "last"):
+            raise ConfigError(f"SequencePooling mode must be 'mean', 'cls' or 'last'; got {mode!r}.")
         self.mode = mode
 
     def call(self, hidden_states, attention_mask):
         if self.mode == "cls":
             return hidden_states[:, 0]
+        if self.mode == "last":
+            # The highest position whose mask is 1, so left and right padding both work. An
+            # all-padding row, even one of length 0 (an empty text for GPT-2, which adds no
+            # special tokens), pools to the zero vector appended after the last position.
+            mask = tf.cast(attention_mask, tf.int32)
+            length = tf.shape(mask)[1]
+            positions = mask * tf.range(1, length + 1)[tf.newaxis, :]
+            # The zero column in front keeps reduce_max defined when the length is 0.
+            last = tf.reduce_max(tf.pad(positions, [[0, 0], [1, 0]]), axis=1) - 1
+            last = tf.where(last >= 0, last, length)
+            padded = tf.pad(hidden_states, [[0, 0], [0, 1], [0, 0]])
+            return tf.gather(padded, last, axis=1, batch_dims=1)
         mask = tf.cast(attention_mask, hidden_states.dtype)[:, :, tf.newaxis]
         total = tf.reduce_sum(hidden_states * mask, axis=1)
         # An all-padding row (count 0) pools to zeros instead of NaN.
@@ -54,7 +68,9 @@ def build_classifier(
     Args:
         backbone: a ``Backbone``.
         num_labels: int. Number of classes, at least 2.
-        pooling: str. ``mean`` (over the attention mask), ``cls`` or ``pooler``.
+        pooling: str. ``mean`` (over the attention mask), ``cls``, ``last`` (the last real
+            token, for decoders such as GPT-2) or ``pooler``. ``backbone.spec.poolings`` lists
+            the ones that apply to a family.
         dropout: float. Dropout rate before the head, in [0, 1).
         token_type_ids: bool. Add the ``token_type_ids`` input (segment ids of sentence pairs).
             Single-text models leave it out, and the backbone then uses segment 0 throughout.
@@ -86,7 +102,7 @@ def build_classifier(
     head = tf_keras.layers.Dense(num_labels, dtype="float32", name="head")
 
     # Functional graph.
-    outputs = backbone.main_layer(**inputs)
+    outputs = backbone.main_layer(**inputs, **dict(backbone.spec.call_arguments))
     if pooling == "pooler":
         pooled = outputs.pooler_output
     else:

@@ -1,64 +1,165 @@
-"""Freezing policies: which parts of a backbone train, and the trainable-parameter report.
+"""Freezing policies: which backbone variables train, and the trainable-parameter report.
 
-A policy is applied per part (the embeddings, each block, the pooler) through Keras'
-``trainable`` flag on that part's layer. The main layer itself stays trainable, because a frozen
-parent hides children that are set trainable again. Frozen parts run in inference mode, so
-their dropout is off even while the head trains, which is the Keras transfer-learning
-convention. ``frozen_dropout=True`` keeps dropout on in frozen parts, as PyTorch does when a
-frozen module stays in train mode.
+A policy selects backbone variables, and the classifier's head always trains. ``head``,
+``last_n:K``, ``full`` and ``embeddings_frozen`` select whole parts of the backbone, as
+``Backbone.parts`` lists them: the embeddings, the blocks, shared position tables, the final
+layer norm and the pooler. ``bitfit``, ``layernorm`` and ``pattern`` select single variables in
+every part. ``apply_policy`` makes exactly the selected variables trainable (see ``tfpeft.freezing``)
+and runs every part without a selected variable in inference mode, so its dropout is off even
+while the rest trains, which is the Keras transfer-learning convention. ``frozen_dropout=True``
+keeps dropout on in frozen parts, as PyTorch does when a frozen module stays in train mode.
+
+Parts that are not one block, the same rules on every family:
+
+- the final layer norm after the last block (GPT-2, T5) trains with the last block;
+- a position table that every block reads (T5's relative attention bias, DeBERTa-v2's relative
+  embeddings and their LayerNorm, MPNet's relative attention bias) trains only when every block
+  trains, because training it changes what the frozen blocks compute;
+- ALBERT's shared block, which runs at every depth, trains when any depth is unfrozen, because
+  ``last_n:K`` would otherwise train nothing for K below the depth;
+- the pooler trains only with ``pooling="pooler"``, the only pooling that passes the pooler's
+  output on to the loss.
 """
 
 import dataclasses
-import functools
+import re
 from typing import Optional
 
-from tfpeft.errors import ConfigError
+import tf_keras
 
-POLICY_KINDS = ("head", "last_n", "full")
+from tfpeft.errors import ConfigError, closest_match
+from tfpeft.freezing import set_inference_mode, set_trainable_variables
+
+POLICY_KINDS = ("head", "last_n", "full", "bitfit", "layernorm", "embeddings_frozen", "pattern")
+POLICY_SYNTAX = (
+    "head, last_n:K, full, bitfit, layernorm, embeddings_frozen, or "
+    "pattern:include=REGEX,exclude=REGEX (either part may be left out)"
+)
+PATTERN_KEYS = ("include", "exclude")
+
+# Kept under its former name for callers of the first release.
+_set_inference_mode = set_inference_mode
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """A named rule that selects the backbone parts that train. The head always trains.
+    """A named rule that selects the backbone variables that train. The head always trains.
+
+    Kinds:
+
+    - ``head``: the whole backbone is frozen.
+    - ``last_n``: the last ``num_blocks`` blocks train (``last_n:0`` is ``head``).
+    - ``full``: everything trains.
+    - ``bitfit``: the bias terms of the backbone train, LayerNorm biases included.
+    - ``layernorm``: the LayerNorm scales and biases of the backbone train.
+    - ``embeddings_frozen``: everything but the embeddings trains.
+    - ``pattern``: the variables whose stable name (``Backbone.named_variables``) matches the
+      regular expression ``include`` and does not match ``exclude`` train. Matching uses
+      ``re.search``, so a pattern matches anywhere in the name unless anchored.
 
     Args:
-        kind: str. ``head`` freezes the whole backbone, ``last_n`` trains the last
-            ``num_blocks`` blocks, ``full`` trains everything.
+        kind: str. One of ``POLICY_KINDS``.
         num_blocks: int or None. The K of ``last_n:K``; None for the other kinds.
+        include: str or None. For ``pattern``: the names to train; None means every name.
+        exclude: str or None. For ``pattern``: names to leave frozen even if ``include`` matches.
 
     Example:
 
     >>> tfpeft.parse_policy("last_n:2")
-    Policy(kind='last_n', num_blocks=2)
+    Policy(kind='last_n', num_blocks=2, include=None, exclude=None)
+    >>> tfpeft.parse_policy("pattern:include=attention/self/(query|value)/kernel").include
+    'attention/self/(query|value)/kernel'
     """
 
     kind: str
     num_blocks: Optional[int] = None
+    include: Optional[str] = None
+    exclude: Optional[str] = None
 
     def __post_init__(self):
         if self.kind not in POLICY_KINDS:
-            raise ConfigError(
-                f"Unknown policy kind {self.kind!r}. Use one of: head, last_n:K, full."
-            )
+            suggestion = closest_match(str(self.kind), POLICY_KINDS)
+            hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+            raise ConfigError(f"Unknown policy kind {self.kind!r}. Use one of: {POLICY_SYNTAX}.{hint}")
         if self.kind == "last_n":
-            if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
+            if not isinstance(self.num_blocks, int) or isinstance(self.num_blocks, bool) or self.num_blocks < 0:
                 raise ConfigError(
                     f"policy last_n needs a block count K >= 0, as in 'last_n:2'; got "
                     f"num_blocks={self.num_blocks!r}."
                 )
         elif self.num_blocks is not None:
             raise ConfigError(f"policy {self.kind!r} takes no block count; got {self.num_blocks}.")
+        if self.kind == "pattern":
+            self._check_patterns()
+        elif self.include is not None or self.exclude is not None:
+            raise ConfigError(f"policy {self.kind!r} takes no include or exclude pattern; use 'pattern:...'.")
+
+    def _check_patterns(self):
+        if self.include is None and self.exclude is None:
+            raise ConfigError(
+                "policy pattern needs include=REGEX, exclude=REGEX or both, as in "
+                "'pattern:include=attention,exclude=layer_._0/'."
+            )
+        for key in PATTERN_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"policy pattern: {key} must be a non-empty regular expression; got {value!r}.")
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ConfigError(
+                    f"policy pattern: {key}={value!r} is not a valid regular expression ({error})."
+                ) from error
 
     @property
     def name(self):
-        """The policy as written on the command line, e.g. ``last_n:2``."""
-        return f"last_n:{self.num_blocks}" if self.kind == "last_n" else self.kind
+        """The policy as written on the command line, e.g. ``last_n:2``; ``parse_policy`` reads it back."""
+        if self.kind == "last_n":
+            return f"last_n:{self.num_blocks}"
+        if self.kind == "pattern":
+            fields = [f"{key}={getattr(self, key)}" for key in PATTERN_KEYS if getattr(self, key) is not None]
+            return "pattern:" + ",".join(fields)
+        return self.kind
 
     def __str__(self):
         return self.name
 
+    def select_variables(self, backbone, pooling="mean"):
+        """Return the backbone variables this policy trains on ``backbone``, in part order.
+
+        Raises ``ConfigError`` when ``last_n:K`` requests more blocks than the backbone has.
+        Also raises it when ``bitfit``, ``layernorm`` or ``pattern`` selects no variable at
+        all, because that policy would then silently equal ``head``.
+        """
+        self._check_block_count(backbone)
+        owners = _owner_layers(backbone.main_layer)
+        names = dict((id(variable), name) for name, variable in backbone.named_variables())
+        selected = []
+        for part in _parts_with_other(backbone):
+            if part.role == "pooler" and pooling != "pooler":
+                continue
+            part_trains = self._part_trains(part, backbone.num_blocks)
+            for variable in part.variables:
+                if not variable.trainable:
+                    continue
+                if self._selects(part_trains, variable, owners.get(id(variable)), names.get(id(variable), "")):
+                    selected.append(variable)
+        if not selected and self.kind in ("bitfit", "layernorm", "pattern"):
+            raise ConfigError(self._empty_selection_message(backbone, pooling, names))
+        return selected
+
     def trainable_part_names(self, backbone, pooling):
-        """Return the names of the backbone parts this policy trains on ``backbone``."""
+        """Return the names of the backbone parts in which this policy trains some variable."""
+        selected = {id(variable) for variable in self.select_variables(backbone, pooling)}
+        return {
+            part.name
+            for part in _parts_with_other(backbone)
+            if any(id(variable) in selected for variable in part.variables)
+        }
+
+    def _check_block_count(self, backbone):
         num_blocks = backbone.num_blocks
         if self.kind == "last_n" and self.num_blocks > num_blocks:
             raise ConfigError(
@@ -67,21 +168,70 @@ class Policy:
                 f"{backbone.config.model_type} backbone (last_n:{num_blocks} trains every block)."
             )
 
-        names = set()
+    def _part_trains(self, part, num_blocks):
+        """Return whether a part-level policy trains ``part``; None for variable-level kinds."""
+        if self.kind in ("bitfit", "layernorm", "pattern"):
+            return None
+        if self.kind == "head":
+            return False
         if self.kind == "full":
-            names.add("embeddings")
-            names.update(f"block_{i}" for i in range(num_blocks))
-        elif self.kind == "last_n":
-            names.update(f"block_{i}" for i in range(num_blocks - self.num_blocks, num_blocks))
-        # The pooler's output only reaches the loss through `pooler` pooling, and the `head`
-        # policy freezes the whole backbone by definition.
-        if backbone.pooler is not None and pooling == "pooler" and self.kind != "head":
-            names.add("pooler")
-        return names
+            return True
+        if self.kind == "embeddings_frozen":
+            return part.role != "embeddings"
+        first_trained = num_blocks - self.num_blocks
+        rules = {
+            "embeddings": False,
+            "block": any(depth >= first_trained for depth in part.depths),
+            "shared_block": any(depth >= first_trained for depth in part.depths),
+            "shared_table": self.num_blocks == num_blocks,
+            "final_norm": self.num_blocks >= 1,
+            "pooler": self.num_blocks >= 1,
+            "other": False,
+        }
+        return rules[part.role]
+
+    def _selects(self, part_trains, variable, owner, name):
+        if part_trains is not None:
+            return part_trains
+        if self.kind == "bitfit":
+            return is_bias(variable, owner)
+        if self.kind == "layernorm":
+            return is_layer_norm(owner)
+        if self.include is not None and not re.search(self.include, name):
+            return False
+        return self.exclude is None or not re.search(self.exclude, name)
+
+    def _empty_selection_message(self, backbone, pooling, names):
+        model_type = backbone.config.model_type
+        if self.kind == "bitfit":
+            return (
+                f"policy bitfit selects no variable of this {model_type} backbone: it has no bias "
+                "terms (no Dense, convolution or LayerNorm biases), so bitfit would train the "
+                "head alone. Use layernorm, last_n:K or pattern:include=REGEX instead."
+            )
+        if self.kind == "layernorm":
+            return (
+                f"policy layernorm selects no variable of this {model_type} backbone: it has no "
+                "LayerNorm layers. Use bitfit, last_n:K or pattern:include=REGEX instead."
+            )
+        examples = ", ".join(repr(name) for name in list(names.values())[:3])
+        pooler = next((part for part in backbone.parts() if part.role == "pooler"), None)
+        pooler_note = ""
+        if pooling != "pooler" and pooler is not None:
+            if any(self._selects(None, v, None, names.get(id(v), "")) for v in pooler.variables):
+                pooler_note = (
+                    " outside the pooler, whose variables train only with pooling='pooler' "
+                    f"(this run uses {pooling!r})"
+                )
+        return (
+            f"policy {self.name!r} selects no variable of this {model_type} backbone"
+            f"{pooler_note}. Names look like {examples}; `tfpeft inspect --model MODEL "
+            "--policy head --weights` lists them all."
+        )
 
 
 def parse_policy(policy):
-    """Return a ``Policy`` from a name such as ``head``, ``last_n:2`` or ``full``."""
+    """Return a ``Policy`` from a name such as ``head``, ``last_n:2`` or ``pattern:include=query``."""
     if isinstance(policy, Policy):
         return policy
     text = str(policy).strip()
@@ -94,34 +244,70 @@ def parse_policy(policy):
                 f"Invalid policy {text!r}: last_n needs an integer block count, as in 'last_n:2'."
             ) from None
         return Policy("last_n", num_blocks)
+    if kind == "pattern":
+        return Policy("pattern", **_parse_pattern_fields(text, argument))
     if argument:
         raise ConfigError(f"Invalid policy {text!r}: {kind!r} takes no argument after ':'.")
     return Policy(kind)
 
 
-def _set_inference_mode(layer, enabled):
-    """Make ``layer`` ignore ``training=True`` from its caller, or undo that."""
-    original = getattr(layer, "_tfpeft_original_call", None)
-    # A layer without a `training` argument (a pooler) behaves the same in both modes.
-    if enabled and original is None and layer._call_spec.expects_training_arg:
-        original = layer.call
+def _parse_pattern_fields(text, argument):
+    # Split only where a comma starts the next key, so commas inside a regex ({1,3}) stay.
+    fields = {}
+    for piece in re.split(r",(?=(?:include|exclude)=)", argument) if argument else []:
+        key, separator, value = piece.partition("=")
+        if not separator or key not in PATTERN_KEYS:
+            raise ConfigError(
+                f"Invalid policy {text!r}: expected include=REGEX or exclude=REGEX after "
+                f"'pattern:', got {piece!r}."
+            )
+        if key in fields:
+            raise ConfigError(f"Invalid policy {text!r}: {key}= is given twice.")
+        fields[key] = value
+    return fields
 
-        @functools.wraps(original)
-        def call_in_inference_mode(*args, **kwargs):
-            kwargs["training"] = False
-            return original(*args, **kwargs)
 
-        layer._tfpeft_original_call = original
-        layer.call = call_in_inference_mode
-    elif not enabled and original is not None:
-        layer.call = original
-        del layer._tfpeft_original_call
+def is_bias(variable, owner):
+    """Return whether ``variable`` is an additive bias term: a ``bias`` vector or a LayerNorm beta."""
+    short_name = variable.name.split(":")[0].split("/")[-1]
+    if short_name == "bias" or short_name.endswith("_bias"):
+        return True
+    return short_name == "beta" and is_layer_norm(owner)
+
+
+def is_layer_norm(layer):
+    """Return whether ``layer`` is a layer norm: Keras' or a family's own (``TFT5LayerNorm``)."""
+    if layer is None:
+        return False
+    return isinstance(layer, tf_keras.layers.LayerNormalization) or type(layer).__name__.endswith("LayerNorm")
+
+
+def _owner_layers(root):
+    """Map ``id(variable)`` to the layer that created it, for every variable under ``root``."""
+    owners = {}
+    for layer in root._flatten_layers(include_self=True, recursive=True):
+        for variable in layer._trainable_weights + layer._non_trainable_weights:
+            owners.setdefault(id(variable), layer)
+    return owners
+
+
+def _parts_with_other(backbone):
+    """Return the backbone's parts plus an ``other`` part for variables no registry path reaches."""
+    from tfpeft.backbones import BackbonePart
+
+    parts = backbone.parts()
+    claimed = {id(variable) for part in parts for variable in part.variables}
+    other = tuple(v for v in backbone.main_layer.weights if id(v) not in claimed)
+    if other:
+        parts.append(BackbonePart("other", "other", (), other, ()))
+    return parts
 
 
 def apply_policy(backbone, policy, *, pooling="mean", frozen_dropout=False):
-    """Set the ``trainable`` flag of every backbone part according to ``policy``.
+    """Make exactly the variables that ``policy`` selects trainable, and set inference mode.
 
-    Compile the model again after calling this: Keras reads the flags at compile time.
+    Compile the model again after calling this: Keras reads the trainable variables at compile
+    time. Calling it again with another policy undoes the earlier one first.
 
     Args:
         backbone: a ``Backbone``.
@@ -133,18 +319,23 @@ def apply_policy(backbone, policy, *, pooling="mean", frozen_dropout=False):
         The ``Policy`` applied.
     """
     policy = parse_policy(policy)
-    trainable_names = policy.trainable_part_names(backbone, pooling)
+    selected = policy.select_variables(backbone, pooling)
+    set_trainable_variables(backbone.main_layer, selected)
 
-    backbone.main_layer.trainable = True
-    for name, layer in backbone.parts():
-        layer.trainable = name in trainable_names
-        _set_inference_mode(layer, enabled=not layer.trainable and not frozen_dropout)
+    selected_ids = {id(variable) for variable in selected}
+    for part in backbone.parts():
+        frozen = not any(id(variable) in selected_ids for variable in part.variables)
+        for layer in part.layers:
+            set_inference_mode(layer, enabled=frozen and not frozen_dropout)
+    # Layers of the main layer outside every part, if any, follow it: they run in inference
+    # mode when the whole backbone is frozen.
+    set_inference_mode(backbone.main_layer, enabled=not selected and not frozen_dropout)
     return policy
 
 
 @dataclasses.dataclass
 class PartCount:
-    """Parameter counts of one part: the embeddings, a block, the pooler or the head."""
+    """Parameter counts of one part: the embeddings, a block, a shared table, the pooler or the head."""
 
     name: str
     trainable: int
@@ -152,10 +343,28 @@ class PartCount:
 
 
 @dataclasses.dataclass
+class WeightCount:
+    """One variable of the classifier: stable name, part, shape and whether the optimizer updates it."""
+
+    name: str
+    part: str
+    shape: tuple
+    trainable: bool
+
+    @property
+    def num_params(self):
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+@dataclasses.dataclass
 class ParameterReport:
-    """Trainable and total parameter counts of a classifier, overall and per part."""
+    """Trainable and total parameter counts of a classifier, overall, per part and per variable."""
 
     parts: list
+    weights: list = dataclasses.field(default_factory=list)
 
     @property
     def trainable_params(self):
@@ -169,13 +378,20 @@ class ParameterReport:
     def trainable_percent(self):
         return 100.0 * self.trainable_params / max(self.total_params, 1)
 
-    def to_dict(self):
-        return {
+    def to_dict(self, weights=False):
+        """Return the counts as a dict; ``weights=True`` adds one entry per variable."""
+        data = {
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "trainable_percent": round(self.trainable_percent, 4),
             "parts": [dataclasses.asdict(part) for part in self.parts],
         }
+        if weights:
+            data["weights"] = [
+                {**dataclasses.asdict(weight), "shape": list(weight.shape), "num_params": weight.num_params}
+                for weight in self.weights
+            ]
+        return data
 
     def format(self):
         """Return the report as a text table with a total row."""
@@ -188,6 +404,19 @@ class ParameterReport:
             lines.append(f"{name:<{width}}  {trainable:>12,}  {total:>12,}  {percent:>6.2f}%")
         return "\n".join(lines)
 
+    def format_weights(self):
+        """Return one line per variable: stable name, part, shape, parameters, trainable or frozen."""
+        width = max([len(weight.name) for weight in self.weights] + [4])
+        part_width = max([len(weight.part) for weight in self.weights] + [4])
+        lines = [f"{'name':<{width}}  {'part':<{part_width}}  {'shape':<14}  {'params':>10}  state"]
+        for weight in self.weights:
+            shape = "x".join(str(dim) for dim in weight.shape) or "scalar"
+            state = "trainable" if weight.trainable else "frozen"
+            lines.append(
+                f"{weight.name:<{width}}  {weight.part:<{part_width}}  {shape:<14}  {weight.num_params:>10,}  {state}"
+            )
+        return "\n".join(lines)
+
 
 def _num_elements(variables):
     return sum(int(variable.shape.num_elements()) for variable in variables)
@@ -196,25 +425,29 @@ def _num_elements(variables):
 def parameter_report(model, backbone):
     """Count the parameters of ``model`` per part, trainable meaning updated by the optimizer.
 
-    Every variable of the model is counted once: in its backbone part, or in ``head`` when it
-    lies outside the backbone (pooling, dropout and the dense head).
+    Every variable of the model is counted once: in its backbone part, in ``other`` when no
+    registry path reaches it, or in ``head`` when it lies outside the backbone (pooling,
+    dropout and the dense head). Shared position tables and the final layer norm have rows of
+    their own.
     """
     trainable_ids = {id(variable) for variable in model.trainable_variables}
-    seen = set()
-    parts = []
-    for name, layer in backbone.parts():
-        variables = [v for v in layer.weights if id(v) not in seen]
-        seen.update(id(v) for v in variables)
-        trainable = [v for v in variables if id(v) in trainable_ids]
-        parts.append(PartCount(name, _num_elements(trainable), _num_elements(variables)))
+    names = dict((id(variable), name) for name, variable in backbone.named_variables())
+    counts = []
+    weights = []
+    for part in _parts_with_other(backbone):
+        trainable = [v for v in part.variables if id(v) in trainable_ids]
+        counts.append(PartCount(part.name, _num_elements(trainable), _num_elements(part.variables)))
+        for variable in part.variables:
+            weights.append(_weight_count(names.get(id(variable), variable.name), part.name, variable, trainable_ids))
 
     backbone_ids = {id(v) for v in backbone.main_layer.weights}
-    other = [v for v in backbone.main_layer.weights if id(v) not in seen]
-    if other:
-        trainable = [v for v in other if id(v) in trainable_ids]
-        parts.append(PartCount("other", _num_elements(trainable), _num_elements(other)))
-
     head = [v for v in model.weights if id(v) not in backbone_ids]
     trainable = [v for v in head if id(v) in trainable_ids]
-    parts.append(PartCount("head", _num_elements(trainable), _num_elements(head)))
-    return ParameterReport(parts)
+    counts.append(PartCount("head", _num_elements(trainable), _num_elements(head)))
+    for variable in head:
+        weights.append(_weight_count(variable.name.split(":")[0], "head", variable, trainable_ids))
+    return ParameterReport(counts, weights)
+
+
+def _weight_count(name, part, variable, trainable_ids):
+    return WeightCount(name, part, tuple(int(dim) for dim in variable.shape), id(variable) in trainable_ids)

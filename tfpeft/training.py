@@ -27,8 +27,9 @@ from tfpeft.progress import Progress
 
 logger = logging.getLogger("tfpeft.training")
 
-# Names of weights that AdamW does not decay, as in transformers' own optimizers.
-NO_DECAY_NAMES = ["bias", "LayerNorm", "layer_norm"]
+# Names of weights that AdamW does not decay, as in transformers' own optimizers. GPT-2 names
+# its layer norms ln_1, ln_2 and ln_f.
+NO_DECAY_NAMES = ["bias", "LayerNorm", "layer_norm", "/ln_"]
 
 
 class WarmupDecaySchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
