@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import pytest
 
@@ -77,4 +78,16 @@ def test_unknown_dataset_error(tmp_path, capsys):
     status = main(["train", "--dataset", "bbc", "--output-dir", str(tmp_path / "run"), "--quiet"])
     assert status == 1
     assert "Unknown dataset 'bbc'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluation_strategy_flag_logs_one_line(tmp_path, capsys, caplog):
+    # --seed -1 fails validation right after the flag is mapped, so no backbone is loaded.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = main(["train", "--evaluation-strategy", "no", "--seed", "-1", "--output-dir", str(tmp_path / "run")])
+    assert status == 1
+    assert [str(warning.message) for warning in caught if "deprecated" in str(warning.message)] == []
+    assert "--evaluation-strategy is deprecated, as in transformers; use --eval-strategy no." in caplog.text
+    assert "tfpeft train: error: Invalid seed=-1: use an integer from 0 to 4294967295" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -133,7 +133,12 @@ def _config_overrides(args):
         if getattr(args, field.name) is not None
     }
     if args.evaluation_strategy is not None:
-        overrides["evaluation_strategy"] = args.evaluation_strategy
+        # One log line naming the flag, instead of the Python warning about the field name.
+        logging.getLogger("tfpeft.cli").warning(
+            "--evaluation-strategy is deprecated, as in transformers; use --eval-strategy %s.",
+            args.evaluation_strategy,
+        )
+        overrides.setdefault("eval_strategy", args.evaluation_strategy)
     return overrides
 
 
