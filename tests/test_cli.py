@@ -91,3 +91,25 @@ def test_evaluation_strategy_flag_logs_one_line(tmp_path, capsys, caplog):
     assert "--evaluation-strategy is deprecated, as in transformers; use --eval-strategy no." in caplog.text
     assert "tfpeft train: error: Invalid seed=-1: use an integer from 0 to 4294967295" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_predict_input_file_encoding(cli_run, tmp_path, capsys):
+    input_file = tmp_path / "latin1.txt"
+    input_file.write_bytes("caf\xe9 vote\r\ngoal\r\n".encode("latin-1"))
+    assert main(["predict", cli_run, "--input-file", str(input_file)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"tfpeft predict: error: The data file '{input_file}' is not valid utf-8: byte 0xe9")
+    assert "(line 1)" in error
+    assert "--encoding latin-1" in error
+    assert main(["predict", cli_run, "--input-file", str(input_file), "--encoding", "latin-1"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [record["text"] for record in records] == ["caf\xe9 vote", "goal"]
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-3"])
+def test_predict_rejects_batch_size_below_one(cli_run, batch_size, capsys):
+    assert main(["predict", cli_run, "--text", "hi", "--batch-size", batch_size]) == 1
+    assert capsys.readouterr().err == (
+        f"tfpeft predict: error: Invalid batch_size={batch_size} (--batch-size): use 1 or more, or "
+        "leave it unset for the run's per_device_eval_batch_size.\n"
+    )

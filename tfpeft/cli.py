@@ -66,6 +66,11 @@ def _build_parser():
         help="For runs trained on sentence pairs: the second text of the pair, one per --text, in order.",
     )
     predict.add_argument("--input-file", help="A text file with one text per line.")
+    predict.add_argument("--encoding", default="utf-8", help="Text encoding of --input-file, e.g. latin-1 (default: utf-8).")
+    predict.add_argument(
+        "--encoding-errors", default="strict",
+        help="Undecodable bytes in --input-file: strict (fail) or replace (with U+FFFD) (default: strict).",
+    )
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")
 
     compare = commands.add_parser(
@@ -178,11 +183,13 @@ def _run_tune(args):
 
 
 def _read_texts(args):
+    from tfpeft.data.files import decode_file
+
     texts = list(args.text)
     if args.input_file:
         try:
-            with open(args.input_file, encoding="utf-8") as file:
-                texts += [line.rstrip("\n") for line in file if line.strip()]
+            text = decode_file(args.input_file, args.encoding, args.encoding_errors)
+            texts += [line.rstrip("\r") for line in text.split("\n") if line.strip()]
         except OSError as error:
             raise SystemExit(f"tfpeft predict: cannot read --input-file {args.input_file!r}: {error}")
     if not texts:

@@ -149,8 +149,10 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     trained on sentence pairs pass ``text_pairs``; each dict then has a ``text_pair`` too.
     """
     from tfpeft.exported import ExportedClassifier, find_export_folder
-    from tfpeft.runs import load
+    from tfpeft.runs import check_batch_size, load
 
+    # Checked before the slow model load; an exported model does not check it itself.
+    check_batch_size(batch_size)
     if hasattr(run_dir, "predict_proba"):
         classifier = run_dir
     elif find_export_folder(run_dir) is not None:

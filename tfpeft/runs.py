@@ -112,6 +112,17 @@ def restore_weights(model, path):
     status.assert_existing_objects_matched()
 
 
+def check_batch_size(batch_size):
+    """Raise ``ConfigError`` unless ``batch_size`` is None (the run's own) or 1 or more."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"Invalid batch_size={batch_size!r} (--batch-size): use 1 or more, or leave it unset "
+            "for the run's per_device_eval_batch_size."
+        )
+
+
 def write_json(path, data):
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file, indent=2, ensure_ascii=False)
@@ -155,6 +166,7 @@ class TextClassifier:
         from tfpeft.data import encode_texts, make_dataset
         from tfpeft.evaluation import predict_logits
 
+        check_batch_size(batch_size)
         texts = list(texts)  # str, or UTF-8 bytes as an exported model takes them
         if self.takes_pairs and text_pairs is None:
             raise ConfigError(
@@ -175,7 +187,8 @@ class TextClassifier:
             text_pairs=text_pairs,
             truncation=self.config.truncation,
         )
-        batch_size = batch_size or self.config.per_device_eval_batch_size
+        if batch_size is None:
+            batch_size = self.config.per_device_eval_batch_size
         return predict_logits(self.model, make_dataset(encoded, batch_size=batch_size))
 
     def predict_proba(self, texts, batch_size=None, *, text_pairs=None):
