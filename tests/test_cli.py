@@ -113,3 +113,18 @@ def test_predict_rejects_batch_size_below_one(cli_run, batch_size, capsys):
         f"tfpeft predict: error: Invalid batch_size={batch_size} (--batch-size): use 1 or more, or "
         "leave it unset for the run's per_device_eval_batch_size.\n"
     )
+
+
+def test_logging_dir_that_is_a_file_fails_before_run_folder(tiny_bert_dir, toy_csv, tmp_path, capsys):
+    log_file = tmp_path / "afile"
+    log_file.write_text("notes\n")
+    output_dir = tmp_path / "run"
+    status = main(["train", "--model", tiny_bert_dir, "--train-file", toy_csv, "--logging-dir", str(log_file),
+                   "--output-dir", str(output_dir), "--quiet"])
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"tfpeft train: error: Invalid logging_dir='{log_file}' (--logging-dir): it is a file, not a "
+        "folder. Pass a folder path, or leave it unset for OUTPUT_DIR/logs.\n"
+    )
+    assert not output_dir.exists()
+    assert log_file.read_text() == "notes\n"
