@@ -128,3 +128,44 @@ def test_logging_dir_that_is_a_file_fails_before_run_folder(tiny_bert_dir, toy_c
     )
     assert not output_dir.exists()
     assert log_file.read_text() == "notes\n"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ([], "Pass exactly one of --dataset (a built-in or tfds: name), --test-file (a file) or, in "
+             "Python, test_data; got none."),
+        (["--dataset", "bbc_news", "--test-file", "t.csv"],
+         "Pass exactly one of --dataset (a built-in or tfds: name), --test-file (a file) or, in "
+         "Python, test_data; got --dataset and --test-file."),
+        (["--test-file", "t.csv", "--split", "train"],
+         "--split train applies only to --dataset; --test-file is evaluated whole. Drop --split."),
+    ],
+)
+def test_evaluate_source_errors_before_model_load(flags, message, tmp_path, capsys, caplog):
+    # The run folder does not exist: the source check comes first, before any load.
+    run_dir = str(tmp_path / "no_run")
+    assert main(["evaluate", run_dir, *flags]) == 1
+    assert capsys.readouterr().err == f"tfpeft evaluate: error: {message}\n"
+    assert "Loaded backbone" not in caplog.text
+    assert not os.path.exists(run_dir)
+
+
+def test_evaluate_missing_run_folder(tmp_path, toy_csv, capsys):
+    run_dir = str(tmp_path / "nope")
+    assert main(["evaluate", run_dir, "--test-file", toy_csv]) == 1
+    assert capsys.readouterr().err == (
+        f"tfpeft evaluate: error: The run folder '{run_dir}' does not exist. Pass the output_dir "
+        "of a completed `tfpeft train`.\n"
+    )
+    assert not os.path.exists(run_dir)
+
+
+def test_evaluate_header_only_file(cli_run, tmp_path, capsys):
+    path = tmp_path / "header_only.csv"
+    path.write_text("text,label\n")
+    assert main(["evaluate", cli_run, "--test-file", str(path), "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        f"tfpeft evaluate: error: {path} has no data rows. Add examples below the header, one per row.\n"
+    )
+    assert not os.path.exists(os.path.join(cli_run, "eval", "header_only"))

@@ -45,7 +45,7 @@ def _build_parser():
     evaluate = commands.add_parser("evaluate", help="Evaluate a run on a dataset; writes RUN_DIR/eval/NAME/.")
     evaluate.add_argument("run_dir", help="A finished run folder.")
     evaluate.add_argument("--dataset", help="Built-in dataset (bbc_news, tweets) or tfds:NAME, split as in the run.")
-    evaluate.add_argument("--split", default="test", help="For --dataset: test, validation, train or all (default: test, the run's own test split).")
+    evaluate.add_argument("--split", help="For --dataset only: test, validation, train or all (default: test, the run's own test split).")
     evaluate.add_argument("--test-file", help="A CSV, TSV, JSON Lines or Parquet file, evaluated whole.")
     evaluate.add_argument("--text-column", help="Text column of --test-file (default: the run's).")
     evaluate.add_argument("--label-column", help="Label column of --test-file (default: the run's).")

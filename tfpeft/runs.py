@@ -216,6 +216,11 @@ def load(run_dir):
     from tfpeft.policies import apply_policy
 
     model_dir = os.path.join(run_dir, MODEL_DIR)
+    if not os.path.isdir(run_dir):
+        problem = "is a file, not a folder" if os.path.exists(run_dir) else "does not exist"
+        raise RunFolderError(
+            f"The run folder {run_dir!r} {problem}. Pass the output_dir of a completed `tfpeft train`."
+        )
     required = [CONFIG_FILE, LABEL_MAP_FILE, TOKENIZER_DIR, os.path.join(MODEL_DIR, CLASSIFIER_FILE)]
     missing = [name for name in required if not os.path.exists(os.path.join(run_dir, name))]
     if missing:
