@@ -209,7 +209,9 @@ def load(run_dir):
     The backbone is rebuilt from the run's own ``model/config.json`` and the trained weights are
     restored from its checkpoint, so the original backbone folder is not needed.
     """
-    from tfpeft.backbones import load_backbone
+    from tensorflow import errors as tf_errors
+
+    from tfpeft.backbones import TOKENIZER_FILES, load_backbone
     from tfpeft.config import TrainingConfig
     from tfpeft.data import LabelMap
     from tfpeft.model import build_classifier
@@ -230,9 +232,17 @@ def load(run_dir):
         )
 
     config = TrainingConfig.from_toml(os.path.join(run_dir, CONFIG_FILE))
-    label_map = LabelMap.load(os.path.join(run_dir, LABEL_MAP_FILE))
-    with open(os.path.join(model_dir, CLASSIFIER_FILE), encoding="utf-8") as file:
-        settings = json.load(file)
+    label_map = LabelMap(_read_run_json(run_dir, LABEL_MAP_FILE, list))
+    settings = _read_run_json(run_dir, os.path.join(MODEL_DIR, CLASSIFIER_FILE), dict)
+    if settings.get("num_labels", label_map.num_labels) != label_map.num_labels:
+        raise _damaged(
+            run_dir, LABEL_MAP_FILE,
+            f"it lists {label_map.num_labels} classes but the trained head has {settings['num_labels']}",
+        )
+    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_PREFIX + ".index")):
+        raise _damaged(run_dir, os.path.join(MODEL_DIR, WEIGHTS_PREFIX + ".index"), "the weights file is missing")
+    if not any(os.path.isfile(os.path.join(run_dir, TOKENIZER_DIR, name)) for name in TOKENIZER_FILES):
+        raise _damaged(run_dir, TOKENIZER_DIR, f"it has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
 
     backbone = load_backbone(
         model_dir, pretrained=False, tokenizer_path=os.path.join(run_dir, TOKENIZER_DIR)
@@ -248,5 +258,27 @@ def load(run_dir):
     policy = apply_policy(
         backbone, settings["policy"], pooling=settings["pooling"], frozen_dropout=settings["frozen_dropout"]
     )
-    restore_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    try:
+        restore_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    except (AssertionError, ValueError, tf_errors.OpError) as error:
+        raise _damaged(run_dir, MODEL_DIR, f"its weights do not fit the model ({error})") from error
     return TextClassifier(model, backbone, label_map, config, policy)
+
+
+def _damaged(run_dir, name, problem):
+    return RunFolderError(
+        f"The run folder {run_dir!r} is damaged: {name}: {problem}. Train the run again, or "
+        "restore the folder from a copy."
+    )
+
+
+def _read_run_json(run_dir, name, kind):
+    """Return the JSON ``kind`` (list or dict) in ``run_dir/name``; raise ``RunFolderError`` if damaged."""
+    try:
+        with open(os.path.join(run_dir, name), encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError) as error:
+        raise _damaged(run_dir, name, f"it cannot be read as JSON ({error})") from error
+    if not isinstance(data, kind) or not data:
+        raise _damaged(run_dir, name, f"expected a non-empty JSON {'array' if kind is list else 'object'}")
+    return data
