@@ -169,3 +169,19 @@ def test_evaluate_header_only_file(cli_run, tmp_path, capsys):
         f"tfpeft evaluate: error: {path} has no data rows. Add examples below the header, one per row.\n"
     )
     assert not os.path.exists(os.path.join(cli_run, "eval", "header_only"))
+
+
+def test_train_help_output_dir_and_frozen_dropout(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "logs; required for train. (default: unset)" in text
+    assert "frozen backbone parts while training. (default: False)" in text
+    assert "(off by default)" not in text
+
+
+def test_negative_last_n_names_policy(tiny_bert_dir, capsys):
+    assert main(["inspect", "--model", tiny_bert_dir, "--policy", "last_n:-1"]) == 1
+    assert capsys.readouterr().err == (
+        "tfpeft inspect: error: policy last_n needs a block count K >= 0, as in 'last_n:2'; got last_n:-1.\n"
+    )

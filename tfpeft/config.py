@@ -60,7 +60,7 @@ class TrainingConfig:
     pooling: str = _field("mean", "Pooling of the hidden states: mean, cls or pooler.")
     classifier_dropout: float = _field(0.1, "Dropout rate before the classification head.")
     frozen_dropout: bool = _field(
-        False, "Keep dropout on in frozen backbone parts while training (off by default)."
+        False, "Keep dropout on in frozen backbone parts while training."
     )
 
     # Data.
@@ -105,7 +105,9 @@ class TrainingConfig:
     )
 
     # Training.
-    output_dir: Optional[str] = _field(None, "Run folder for weights, config, results and logs.")
+    output_dir: Optional[str] = _field(
+        None, "Run folder for weights, config, results and logs; required for train."
+    )
     overwrite_output_dir: bool = _field(
         False, "Replace an earlier run in output_dir, finished or not, instead of rejecting or resuming it."
     )
