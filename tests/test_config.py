@@ -36,7 +36,7 @@ def test_evaluation_strategy_is_deprecated_alias():
 def test_unknown_key_suggests(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text("num_train_epoch = 5\n")
-    with pytest.raises(ConfigError, match=r"Unknown setting 'num_train_epoch' in .*config\.toml\. Did you mean 'num_train_epochs'"):
+    with pytest.raises(ConfigError, match=r"Unknown setting in .*config\.toml: 'num_train_epoch' \(did you mean 'num_train_epochs'\?\)"):
         TrainingConfig.from_toml(path)
 
 
@@ -70,3 +70,65 @@ def test_invalid_toml_names_file(tmp_path):
     path.write_text("num_train_epochs = = 3\n")
     with pytest.raises(ConfigError, match="bad.toml.* is not valid TOML"):
         TrainingConfig.from_toml(path)
+
+
+def test_evaluation_strategy_accepted_by_constructor():
+    with pytest.warns(TfpeftWarning, match="evaluation_strategy is deprecated.*use eval_strategy"):
+        config = TrainingConfig(evaluation_strategy="no")
+    assert config.eval_strategy == "no"
+
+
+def test_unknown_keys_all_reported_with_suggestions(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("num_train_epoch = 5\nlearnin_rate = 2e-5\nzzqqxx = 1\n")
+    with pytest.raises(ConfigError) as error:
+        TrainingConfig.from_toml(path)
+    assert str(error.value) == (
+        f"Unknown settings in {path}: 'learnin_rate' (did you mean 'learning_rate'?), "
+        "'num_train_epoch' (did you mean 'num_train_epochs'?), 'zzqqxx'. The settings are the "
+        "fields of TrainingConfig, listed by `tfpeft train --help`."
+    )
+
+
+def test_nested_table_says_file_must_be_flat(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('dataset = "bbc_news"\n[training]\nnum_train_epochs = 2\n')
+    with pytest.raises(ConfigError) as error:
+        TrainingConfig.from_toml(path)
+    message = str(error.value)
+    assert message.startswith(f"{path} has the table(s) [training]")
+    assert "the config file must be flat: put settings at the top level" in message
+
+
+def test_type_error_names_config_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('num_train_epochs = "3"\n')
+    with pytest.raises(ConfigError) as error:
+        TrainingConfig.from_toml(path)
+    assert str(error.value) == f"Invalid num_train_epochs='3' in {path}: expected int, got str."
+    # A flag that overrides the bad value makes the file usable.
+    assert TrainingConfig.from_toml(path, num_train_epochs=2).num_train_epochs == 2
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_outside_numpy_range_rejected(seed):
+    with pytest.raises(ConfigError) as error:
+        TrainingConfig(seed=seed)
+    assert str(error.value) == f"Invalid seed={seed}: use an integer from 0 to 4294967295 (2**32 - 1)."
+
+
+def test_seed_range_ends_accepted():
+    assert TrainingConfig(seed=0).seed == 0
+    assert TrainingConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_held_out_fractions_must_leave_training_data():
+    with pytest.raises(ConfigError) as error:
+        TrainingConfig(validation_fraction=0.6, test_fraction=0.4)
+    assert str(error.value) == (
+        "Invalid validation_fraction=0.6 and test_fraction=0.4: together they hold out 1 of the "
+        "data, leaving nothing to train on. Use fractions that add up to less than 1 (0 and 0 "
+        "hold out nothing)."
+    )
+    config = TrainingConfig(validation_fraction=0.0, test_fraction=0.0)
+    assert (config.validation_fraction, config.test_fraction) == (0.0, 0.0)

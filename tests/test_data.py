@@ -90,6 +90,19 @@ def test_split_is_stratified_80_10_10_and_seeded():
     assert split_examples(examples, seed=8).test.texts != splits.test.texts
 
 
+def test_split_fractions_rule_matches_config():
+    examples = TextExamples([f"text {i}" for i in range(20)], ["a", "b"] * 10, "toy")
+    splits = split_examples(examples, validation_fraction=0.0, test_fraction=0.0)
+    assert splits.train.texts == examples.texts
+    assert (splits.validation, splits.test) == (None, None)
+    with pytest.raises(DataError) as error:
+        split_examples(examples, validation_fraction=0.5, test_fraction=0.5)
+    assert str(error.value) == (
+        "validation_fraction + test_fraction must be in [0, 1); got 0.5 + 0.5. Use fractions "
+        "that add up to less than 1."
+    )
+
+
 def test_split_rejects_rare_class():
     examples = TextExamples(["x"] * 30 + ["y"] * 3, ["a"] * 30 + ["b"] * 3, "toy")
     with pytest.raises(DataError, match=r"\{'b': 3\} have too few examples .* at least 10"):

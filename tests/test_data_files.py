@@ -220,3 +220,27 @@ def test_tweets_train_through_csv_and_builtin_name(tiny_bert_dir, tmp_path):
         "train": 64, "validation": 32, "test": 32,
     }
     assert results["csv"]["class_counts"] == results["builtin"]["class_counts"]
+
+
+def test_labels_keep_their_spelling(tmp_path):
+    path = write(tmp_path / "codes.csv", "text,label\na,007\nb,010\nc,1e3\nd,+5\ne,7\n")
+    assert read_file(path).labels == ["007", "010", "1e3", "+5", "7"]
+    plain = write(tmp_path / "ints.tsv", "text\tlabel\na\t-1\nb\t 10 \nc\t0\n")
+    assert read_file(plain).labels == [-1, 10, 0]
+
+
+def test_label_spaces_stripped_in_every_format(tmp_path):
+    csv_path = write(tmp_path / "spaces.csv", 'text,label\na, NEG\nb,"NEG "\nc,neg\n')
+    assert read_file(csv_path).labels == ["NEG", "NEG", "neg"]
+    jsonl_path = write(tmp_path / "spaces.jsonl", '{"text": "a", "label": " NEG"}\n{"text": "b", "label": 3}\n')
+    assert read_file(jsonl_path).labels == ["NEG", 3]
+
+
+def test_extra_field_names_line(tmp_path):
+    path = write(tmp_path / "extra.csv", "text,label\ngood text 0 a b,pos,src_b\nbad text,neg\n")
+    with pytest.raises(DataError) as error:
+        read_file(path)
+    assert str(error.value) == (
+        f"{path} line 2: the row has 3 fields but the header has 2 (text, label). Quote fields "
+        'that contain a comma, e.g. "red, green".'
+    )

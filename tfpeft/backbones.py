@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfpeft.errors import BackboneNotFoundError, UnsupportedArchitectureError
+from tfpeft.errors import BackboneNotFoundError, UnsupportedArchitectureError, closest_match
 
 logger = logging.getLogger("tfpeft.backbones")
 
@@ -408,7 +408,15 @@ def resolve_model_path(name_or_path):
         return ALIASES[name_or_path]()
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded):
+        check_model_folder(expanded)
         return expanded
+    alias = closest_match(name_or_path, ALIASES) if "/" not in name_or_path else None
+    if alias is not None and not os.path.exists(expanded):
+        # A misspelled alias would otherwise go to the Hub and fail there, or load another model.
+        raise BackboneNotFoundError(
+            f"The backbone {name_or_path!r} is not a folder or an alias. Did you mean the alias "
+            f"{alias!r}? Pass --model {alias}, a folder written by save_pretrained, or a Hub name."
+        )
     # Hub names are "name" or "owner/name"; anything else shaped like a path is a typo'd folder.
     looks_like_path = expanded.startswith((".", "/", "~")) or expanded.count("/") > 1
     if looks_like_path or os.path.exists(expanded):
@@ -418,6 +426,37 @@ def resolve_model_path(name_or_path):
             f"name such as 'bert-base-uncased', or one of the aliases: {', '.join(ALIASES)}."
         )
     return name_or_path
+
+
+# Files of which a saved tokenizer has at least one: the fast tokenizer, or a slow one's vocabulary.
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
+)
+
+
+def check_model_folder(folder):
+    """Raise ``BackboneNotFoundError`` when a backbone folder has no config.json.
+
+    Without it transformers guesses the model type from the folder name, e.g. 'mpt'.
+    """
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise BackboneNotFoundError(
+            f"The backbone folder {folder!r} has no config.json. Pass a folder written by "
+            "`model.save_pretrained(folder)` and `tokenizer.save_pretrained(folder)`."
+        )
+
+
+def check_tokenizer_folder(folder):
+    """Raise ``BackboneNotFoundError`` when ``folder`` has none of the ``TOKENIZER_FILES``.
+
+    transformers fails on such a folder with a TypeError about a None path.
+    """
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        raise BackboneNotFoundError(
+            f"The folder {folder!r} has no tokenizer files: none of {', '.join(TOKENIZER_FILES)}. "
+            "Save the tokenizer there with "
+            "`AutoTokenizer.from_pretrained(name).save_pretrained(folder)`."
+        )
 
 
 def _model_class(model_type):
@@ -476,6 +515,8 @@ def load_backbone(name_or_path, *, pretrained=True, tokenizer_path=None):
     path = resolve_model_path(name_or_path)
     config = load_config(name_or_path)
     model_class = _model_class(config.model_type)
+    if tokenizer_path is not None or os.path.isdir(path):
+        check_tokenizer_folder(tokenizer_path or path)
 
     # transformers 4.54 warns on every TF class use that TF support ends in v5, and lists
     # unused PyTorch buffers such as position_ids; neither helps a tfpeft user.

@@ -45,7 +45,7 @@ def _build_parser():
     evaluate = commands.add_parser("evaluate", help="Evaluate a run on a dataset; writes RUN_DIR/eval/NAME/.")
     evaluate.add_argument("run_dir", help="A finished run folder.")
     evaluate.add_argument("--dataset", help="Built-in dataset (bbc_news, tweets) or tfds:NAME, split as in the run.")
-    evaluate.add_argument("--split", default="test", help="For --dataset: test, validation, train or all (default: test, the run's own test split).")
+    evaluate.add_argument("--split", help="For --dataset only: test, validation, train or all (default: test, the run's own test split).")
     evaluate.add_argument("--test-file", help="A CSV, TSV, JSON Lines or Parquet file, evaluated whole.")
     evaluate.add_argument("--text-column", help="Text column of --test-file (default: the run's).")
     evaluate.add_argument("--label-column", help="Label column of --test-file (default: the run's).")
@@ -66,6 +66,11 @@ def _build_parser():
         help="For runs trained on sentence pairs: the second text of the pair, one per --text, in order.",
     )
     predict.add_argument("--input-file", help="A text file with one text per line.")
+    predict.add_argument("--encoding", default="utf-8", help="Text encoding of --input-file, e.g. latin-1 (default: utf-8).")
+    predict.add_argument(
+        "--encoding-errors", default="strict",
+        help="Undecodable bytes in --input-file: strict (fail) or replace (with U+FFFD) (default: strict).",
+    )
     predict.add_argument("--batch-size", type=int, help="Texts per batch (default: the run's eval batch size).")
 
     compare = commands.add_parser(
@@ -138,7 +143,12 @@ def _config_overrides(args):
         if getattr(args, field.name) is not None
     }
     if args.evaluation_strategy is not None:
-        overrides["evaluation_strategy"] = args.evaluation_strategy
+        # One log line naming the flag, instead of the Python warning about the field name.
+        logging.getLogger("tfpeft.cli").warning(
+            "--evaluation-strategy is deprecated, as in transformers; use --eval-strategy %s.",
+            args.evaluation_strategy,
+        )
+        overrides.setdefault("eval_strategy", args.evaluation_strategy)
     return overrides
 
 
@@ -178,11 +188,13 @@ def _run_tune(args):
 
 
 def _read_texts(args):
+    from tfpeft.data.files import decode_file
+
     texts = list(args.text)
     if args.input_file:
         try:
-            with open(args.input_file, encoding="utf-8") as file:
-                texts += [line.rstrip("\n") for line in file if line.strip()]
+            text = decode_file(args.input_file, args.encoding, args.encoding_errors)
+            texts += [line.rstrip("\r") for line in text.split("\n") if line.strip()]
         except OSError as error:
             raise SystemExit(f"tfpeft predict: cannot read --input-file {args.input_file!r}: {error}")
     if not texts:

@@ -19,12 +19,6 @@ def _evaluation_examples(classifier, dataset, test_file, test_data, split, text_
     from tfpeft.training import load_splits
 
     config = classifier.config
-    num_sources = sum(value is not None for value in (dataset, test_file, test_data))
-    if num_sources != 1:
-        raise ConfigError(
-            "Pass exactly one of --dataset (a built-in or tfds: name), --test-file (a file) or, "
-            "in Python, test_data."
-        )
     columns = dict(
         text_column=text_column or config.text_column,
         label_column=label_column or config.label_column,
@@ -36,8 +30,6 @@ def _evaluation_examples(classifier, dataset, test_file, test_data, split, text_
         )
     if test_file is not None:
         return read_data_file(config.replace(encoding=encoding or config.encoding, **columns), test_file)
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"Invalid split {split!r}; use one of: {', '.join(EVAL_SPLITS)}.")
     source = config.replace(dataset=dataset, train_file=None, validation_file=None, test_file=None)
     if split == "all":
         return load_training_examples(source)
@@ -48,13 +40,31 @@ def _evaluation_examples(classifier, dataset, test_file, test_data, split, text_
     return splits[split]
 
 
+def _check_evaluation_source(dataset, test_file, test_data, split):
+    """Check the data arguments of ``evaluate`` before the slower model load."""
+    given = [name for name, value in (("--dataset", dataset), ("--test-file", test_file), ("test_data", test_data))
+             if value is not None]
+    if len(given) != 1:
+        got = f"got {' and '.join(given)}" if given else "got none"
+        raise ConfigError(
+            "Pass exactly one of --dataset (a built-in or tfds: name), --test-file (a file) or, "
+            f"in Python, test_data; {got}."
+        )
+    if dataset is None and split is not None:
+        raise ConfigError(
+            f"--split {split} applies only to --dataset; {given[0]} is evaluated whole. Drop --split."
+        )
+    if split is not None and split not in EVAL_SPLITS:
+        raise ConfigError(f"Invalid split {split!r}; use one of: {', '.join(EVAL_SPLITS)}.")
+
+
 def evaluate(
     run_dir,
     *,
     dataset=None,
     test_file=None,
     test_data=None,
-    split="test",
+    split=None,
     name=None,
     text_column=None,
     label_column=None,
@@ -75,7 +85,8 @@ def evaluate(
         test_file: str or None. A CSV, TSV, JSON Lines or Parquet file, evaluated whole.
         test_data: a pandas DataFrame, dict of columns, ``(texts, labels)`` tuple or None,
             evaluated whole.
-        split: str. ``test``, ``validation``, ``train`` or ``all``, for ``dataset``.
+        split: str or None. ``test`` (the default), ``validation``, ``train`` or ``all``, for
+            ``dataset`` only.
         name: str or None. The folder name under ``eval/``; default from the data.
         text_column, label_column, encoding: str or None. For ``test_file`` (the columns also
             for ``test_data``); default the run's.
@@ -91,6 +102,9 @@ def evaluate(
     from tfpeft.runs import PREDICTIONS_FILE, RESULTS_FILE, load, write_json
 
     progress = Progress(verbose)
+    _check_evaluation_source(dataset, test_file, test_data, split)
+    if dataset is not None and split is None:
+        split = "test"
     classifier = load(run_dir)
     examples = _evaluation_examples(
         classifier, dataset, test_file, test_data, split, text_column, label_column, encoding
@@ -154,8 +168,10 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     trained on sentence pairs pass ``text_pairs``; each dict then has a ``text_pair`` too.
     """
     from tfpeft.exported import ExportedClassifier, find_export_folder
-    from tfpeft.runs import load
+    from tfpeft.runs import check_batch_size, load
 
+    # Checked before the slow model load; an exported model does not check it itself.
+    check_batch_size(batch_size)
     if hasattr(run_dir, "predict_proba"):
         classifier = run_dir
     elif find_export_folder(run_dir) is not None:

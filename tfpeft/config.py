@@ -6,6 +6,7 @@ and validated when built. The run folder keeps the full config as ``config.toml`
 """
 
 import dataclasses
+import functools
 import logging
 import tomllib
 import typing
@@ -25,6 +26,8 @@ SCHEDULER_TYPES = ("linear", "cosine", "constant")
 EVAL_STRATEGIES = ("epoch", "no")
 SAVE_STRATEGIES = ("epoch", "no")
 METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
+# tf_keras.utils.set_random_seed also seeds NumPy, which takes seeds from 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 # Older names that tutorials still use, mapped to the current field.
@@ -61,7 +64,7 @@ class TrainingConfig:
     pooling: str = _field("mean", "Pooling of the hidden states: mean, cls, last (GPT-2) or pooler.")
     classifier_dropout: float = _field(0.1, "Dropout rate before the classification head.")
     frozen_dropout: bool = _field(
-        False, "Keep dropout on in frozen backbone parts while training (off by default)."
+        False, "Keep dropout on in frozen backbone parts while training."
     )
 
     # Data.
@@ -106,7 +109,9 @@ class TrainingConfig:
     )
 
     # Training.
-    output_dir: Optional[str] = _field(None, "Run folder for weights, config, results and logs.")
+    output_dir: Optional[str] = _field(
+        None, "Run folder for weights, config, results and logs; required for train."
+    )
     overwrite_output_dir: bool = _field(
         False, "Replace an earlier run in output_dir, finished or not, instead of rejecting or resuming it."
     )
@@ -170,10 +175,19 @@ class TrainingConfig:
         require(self.max_seq_length >= 2, "max_seq_length", "use 2 or more tokens")
         require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "use a value in [0, 1)")
         require(0.0 <= self.test_fraction < 1.0, "test_fraction", "use a value in [0, 1)")
+        held_out = self.validation_fraction + self.test_fraction
+        if held_out >= 1.0:
+            raise ConfigError(
+                f"Invalid validation_fraction={self.validation_fraction!r} and test_fraction="
+                f"{self.test_fraction!r}: together they hold out {held_out:g} of the data, leaving "
+                "nothing to train on. Use fractions that add up to less than 1 (0 and 0 hold out "
+                "nothing)."
+            )
         require(self.lr_scheduler_type in SCHEDULER_TYPES, "lr_scheduler_type", f"use one of {', '.join(SCHEDULER_TYPES)}")
         require(self.eval_strategy in EVAL_STRATEGIES, "eval_strategy", "use 'epoch' or 'no'")
         require(self.save_strategy in SAVE_STRATEGIES, "save_strategy", "use 'epoch' or 'no'")
         require(self.strategy in STRATEGIES, "strategy", f"use one of {', '.join(STRATEGIES)}")
+        require(0 <= self.seed <= MAX_SEED, "seed", f"use an integer from 0 to {MAX_SEED} (2**32 - 1)")
         require(self.collective_timeout >= 0, "collective_timeout", "use 0 (no timeout) or more seconds")
         require(self.best_metric in METRICS, "metric_for_best_model", f"use one of {', '.join(METRICS)}")
         for name in ("max_train_samples", "max_eval_samples", "early_stopping_patience"):
@@ -256,29 +270,68 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values, *, source="keyword arguments", **overrides):
-        """Build a config from ``values`` and ``overrides``, mapping deprecated names."""
-        merged = dict(values)
-        merged.update({key: value for key, value in overrides.items() if value is not None})
-        names = {field.name for field in dataclasses.fields(cls)}
-        for old, new in DEPRECATED_NAMES.items():
-            if old in merged:
-                warnings.warn(
-                    f"{old} is deprecated, as in transformers' TrainingArguments; use {new}.",
-                    TfpeftWarning,
-                    stacklevel=3,
-                )
-                merged.setdefault(new, merged.pop(old))
-                merged.pop(old, None)
-        unknown = sorted(set(merged) - names)
+        """Build a config from ``values`` and ``overrides``, mapping deprecated names.
+
+        Errors name ``source``: every unknown setting with its closest field name, a nested
+        table, and a value of the wrong type read from ``values``.
+        """
+        tables = sorted(key for key, value in values.items() if isinstance(value, dict))
+        if tables:
+            raise ConfigError(
+                f"{source} has the table(s) {', '.join(f'[{name}]' for name in tables)}, but the "
+                "config file must be flat: put settings at the top level, above any table, e.g. "
+                "num_train_epochs = 3."
+            )
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        merged = _map_deprecated_names({**values, **overrides})
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - set(fields))
         if unknown:
-            suggestion = closest_match(unknown[0], names)
-            hint = f" Did you mean {suggestion!r}?" if suggestion else ""
-            raise ConfigError(f"Unknown setting {unknown[0]!r} in {source}.{hint}")
+            problems = []
+            for name in unknown:
+                suggestion = closest_match(name, fields)
+                problems.append(f"{name!r}" + (f" (did you mean {suggestion!r}?)" if suggestion else ""))
+            raise ConfigError(
+                f"Unknown setting{'s' if len(unknown) > 1 else ''} in {source}: "
+                f"{', '.join(problems)}. The settings are the fields of TrainingConfig, listed "
+                "by `tfpeft train --help`."
+            )
+        for name, value in _map_deprecated_names(values, warn=False).items():
+            if name not in overrides:
+                _check_type(fields[name], value, source)
         return cls(**merged)
 
     def replace(self, **changes):
         """Return a copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)
+
+
+def _map_deprecated_names(values, *, warn=True, stacklevel=3):
+    """Return ``values`` with deprecated names replaced by the current ones; warn for each."""
+    values = dict(values)
+    for old, new in DEPRECATED_NAMES.items():
+        if old in values:
+            if warn:
+                warnings.warn(
+                    f"{old} is deprecated, as in transformers' TrainingArguments; use {new}.",
+                    TfpeftWarning,
+                    stacklevel=stacklevel,
+                )
+            value = values.pop(old)
+            values.setdefault(new, value)
+    return values
+
+
+_dataclass_init = TrainingConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_deprecated_names(self, *args, **kwargs):
+    # TrainingArguments still takes evaluation_strategy, so tutorial code passes it here too.
+    _dataclass_init(self, *args, **_map_deprecated_names(kwargs))
+
+
+TrainingConfig.__init__ = _init_with_deprecated_names
 
 
 def field_type(field):
@@ -288,17 +341,18 @@ def field_type(field):
     return arguments[0] if arguments else hint
 
 
-def _check_type(field, value):
+def _check_type(field, value, source=None):
+    where = f" in {source}" if source else ""
     if value is None:
         if field.default is None:
             return
-        raise ConfigError(f"Invalid {field.name}=None: this setting needs a value.")
+        raise ConfigError(f"Invalid {field.name}=None{where}: this setting needs a value.")
     expected = field_type(field)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(
-            f"Invalid {field.name}={value!r}: expected {expected.__name__}, got "
+            f"Invalid {field.name}={value!r}{where}: expected {expected.__name__}, got "
             f"{type(value).__name__}."
         )
 

@@ -85,7 +85,7 @@ class Policy:
             if not isinstance(self.num_blocks, int) or isinstance(self.num_blocks, bool) or self.num_blocks < 0:
                 raise ConfigError(
                     f"policy last_n needs a block count K >= 0, as in 'last_n:2'; got "
-                    f"num_blocks={self.num_blocks!r}."
+                    f"last_n:{self.num_blocks!r}."
                 )
         elif self.num_blocks is not None:
             raise ConfigError(f"policy {self.kind!r} takes no block count; got {self.num_blocks}.")

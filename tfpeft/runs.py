@@ -166,6 +166,17 @@ def restore_weights(model, path):
     status.assert_existing_objects_matched()
 
 
+def check_batch_size(batch_size):
+    """Raise ``ConfigError`` unless ``batch_size`` is None (the run's own) or 1 or more."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"Invalid batch_size={batch_size!r} (--batch-size): use 1 or more, or leave it unset "
+            "for the run's per_device_eval_batch_size."
+        )
+
+
 def write_json(path, data):
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file, indent=2, ensure_ascii=False)
@@ -209,6 +220,7 @@ class TextClassifier:
         from tfpeft.data import encode_texts, make_dataset
         from tfpeft.evaluation import predict_logits
 
+        check_batch_size(batch_size)
         texts = list(texts)  # str, or UTF-8 bytes as an exported model takes them
         if self.takes_pairs and text_pairs is None:
             raise ConfigError(
@@ -229,7 +241,8 @@ class TextClassifier:
             text_pairs=text_pairs,
             truncation=self.config.truncation,
         )
-        batch_size = batch_size or self.config.per_device_eval_batch_size
+        if batch_size is None:
+            batch_size = self.config.per_device_eval_batch_size
         return predict_logits(self.model, make_dataset(encoded, batch_size=batch_size))
 
     def predict_proba(self, texts, batch_size=None, *, text_pairs=None):
@@ -250,13 +263,20 @@ def load(run_dir):
     The backbone is rebuilt from the run's own ``model/config.json`` and the trained weights are
     restored from its checkpoint, so the original backbone folder is not needed.
     """
-    from tfpeft.backbones import load_backbone
+    from tensorflow import errors as tf_errors
+
+    from tfpeft.backbones import TOKENIZER_FILES, load_backbone
     from tfpeft.config import TrainingConfig
     from tfpeft.data import LabelMap
     from tfpeft.model import build_classifier
     from tfpeft.policies import apply_policy
 
     model_dir = os.path.join(run_dir, MODEL_DIR)
+    if not os.path.isdir(run_dir):
+        problem = "is a file, not a folder" if os.path.exists(run_dir) else "does not exist"
+        raise RunFolderError(
+            f"The run folder {run_dir!r} {problem}. Pass the output_dir of a completed `tfpeft train`."
+        )
     required = [CONFIG_FILE, LABEL_MAP_FILE, TOKENIZER_DIR, os.path.join(MODEL_DIR, CLASSIFIER_FILE)]
     missing = [name for name in required if not os.path.exists(os.path.join(run_dir, name))]
     if missing:
@@ -266,9 +286,17 @@ def load(run_dir):
         )
 
     config = TrainingConfig.from_toml(os.path.join(run_dir, CONFIG_FILE))
-    label_map = LabelMap.load(os.path.join(run_dir, LABEL_MAP_FILE))
-    with open(os.path.join(model_dir, CLASSIFIER_FILE), encoding="utf-8") as file:
-        settings = json.load(file)
+    label_map = LabelMap(_read_run_json(run_dir, LABEL_MAP_FILE, list))
+    settings = _read_run_json(run_dir, os.path.join(MODEL_DIR, CLASSIFIER_FILE), dict)
+    if settings.get("num_labels", label_map.num_labels) != label_map.num_labels:
+        raise _damaged(
+            run_dir, LABEL_MAP_FILE,
+            f"it lists {label_map.num_labels} classes but the trained head has {settings['num_labels']}",
+        )
+    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_PREFIX + ".index")):
+        raise _damaged(run_dir, os.path.join(MODEL_DIR, WEIGHTS_PREFIX + ".index"), "the weights file is missing")
+    if not any(os.path.isfile(os.path.join(run_dir, TOKENIZER_DIR, name)) for name in TOKENIZER_FILES):
+        raise _damaged(run_dir, TOKENIZER_DIR, f"it has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
 
     backbone = load_backbone(
         model_dir, pretrained=False, tokenizer_path=os.path.join(run_dir, TOKENIZER_DIR)
@@ -284,5 +312,27 @@ def load(run_dir):
     policy = apply_policy(
         backbone, settings["policy"], pooling=settings["pooling"], frozen_dropout=settings["frozen_dropout"]
     )
-    restore_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    try:
+        restore_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    except (AssertionError, ValueError, tf_errors.OpError) as error:
+        raise _damaged(run_dir, MODEL_DIR, f"its weights do not fit the model ({error})") from error
     return TextClassifier(model, backbone, label_map, config, policy)
+
+
+def _damaged(run_dir, name, problem):
+    return RunFolderError(
+        f"The run folder {run_dir!r} is damaged: {name}: {problem}. Train the run again, or "
+        "restore the folder from a copy."
+    )
+
+
+def _read_run_json(run_dir, name, kind):
+    """Return the JSON ``kind`` (list or dict) in ``run_dir/name``; raise ``RunFolderError`` if damaged."""
+    try:
+        with open(os.path.join(run_dir, name), encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError) as error:
+        raise _damaged(run_dir, name, f"it cannot be read as JSON ({error})") from error
+    if not isinstance(data, kind) or not data:
+        raise _damaged(run_dir, name, f"expected a non-empty JSON {'array' if kind is list else 'object'}")
+    return data

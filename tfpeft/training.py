@@ -373,6 +373,12 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
+    if config.logging_dir is not None and os.path.exists(config.logging_dir) and not os.path.isdir(config.logging_dir):
+        # TensorBoard would fail on it only after the run folder is made and the backbone loaded.
+        raise ConfigError(
+            f"Invalid logging_dir={config.logging_dir!r} (--logging-dir): it is a file, not a "
+            "folder. Pass a folder path, or leave it unset for OUTPUT_DIR/logs."
+        )
     # Before any other TensorFlow work, which a multi-worker strategy may break.
     strategy = distributed.create_strategy(config)
     role = distributed.worker_role(strategy)

@@ -38,7 +38,8 @@ ENCODING_ERRORS = ("strict", "replace")
 # Python's csv module rejects fields over 128 KiB by default; long documents can exceed it.
 MAX_CSV_FIELD_CHARS = 2**31 - 1
 
-_INTEGER = re.compile(r"[+-]?\d+")
+# Integers written the way Python prints them, so that reading one as an int keeps its text.
+_INTEGER = re.compile(r"-?(0|[1-9]\d*)")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
 
 # The codec error handler "tfpeft-replace" behaves like Python's "replace" and also records
@@ -153,19 +154,23 @@ def _read_delimited(path, text, delimiter, label_column):
         # With duplicate names the first column wins, as a reader of the header would expect.
         columns.setdefault(name, [record[i] for record in records])
     if label_column in columns:
-        columns[label_column] = _parse_numbers(columns[label_column])
+        columns[label_column] = _parse_numbers([value.strip() for value in columns[label_column]])
     return columns, rows
 
 
 def _parse_numbers(values):
-    """Return the values as ints (or floats) when every non-empty one is a number, else as is."""
-    present = [value.strip() for value in values if value.strip()]
-    if not present:
-        return values
-    if all(_INTEGER.fullmatch(value) for value in present):
-        return [int(value) if value.strip() else value for value in values]
-    if all(_FLOAT.fullmatch(value) for value in present):
-        return [float(value) if value.strip() else value for value in values]
+    """Return the values as ints when every non-empty one is an integer as Python writes it.
+
+    A column of numbers with a fractional part (``0.5``) becomes floats, which the label checks
+    reject as regression targets. Anything else stays text, so that labels such as ``007`` or
+    ``1e3`` keep their spelling.
+    """
+    present = [value for value in values if value]
+    if present and all(_INTEGER.fullmatch(value) for value in present):
+        return [int(value) if value else value for value in values]
+    if present and all(_FLOAT.fullmatch(value) for value in present):
+        if any(not float(value).is_integer() for value in present):
+            return [float(value) if value else value for value in values]
     return values
 
 
@@ -239,8 +244,9 @@ def read_file(
 
     The format follows the extension: ``.csv``; ``.tsv`` or ``.tab``; ``.jsonl``, ``.ndjson``
     or ``.json`` (JSON Lines, or one JSON array of objects); ``.parquet`` or ``.pq``. Texts
-    are stripped. CSV and TSV labels that are all integers become ints; JSON and Parquet labels
-    keep their type. Errors name the file and the row: 1-based line numbers counting the
+    and text labels are stripped. CSV and TSV labels become ints only when every one is an
+    integer written without leading zeros or a plus sign, otherwise they stay text as written
+    (``007``, ``1e3``); JSON and Parquet labels keep their type. Errors name the file and the row: 1-based line numbers counting the
     header for text files, ``record N`` for a JSON array, ``row N`` for Parquet.
 
     Args:
@@ -286,6 +292,11 @@ def read_file(
         else:
             columns, rows = _read_json_lines(path, text)
             kind = "key"
+    if label_column in columns:
+        # " NEG" and "NEG" are one class; spaces around a label are a slip of the writer.
+        columns[label_column] = [
+            value.strip() if isinstance(value, str) else value for value in columns[label_column]
+        ]
 
     return examples_from_columns(
         columns,

@@ -156,7 +156,7 @@ def examples_from_columns(
     if on_empty_text not in EMPTY_TEXT_ACTIONS:
         raise DataError(f"Invalid on_empty_text={on_empty_text!r}: use 'drop' or 'error'.")
     if not rows:
-        raise DataError(f"{source} has no data rows.")
+        raise DataError(f"{source} has no data rows. Add examples below the header, one per row.")
     check_columns(
         available if available is not None else columns,
         source=source,

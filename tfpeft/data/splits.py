@@ -29,15 +29,17 @@ def split_examples(examples, *, validation_fraction=0.1, test_fraction=0.1, seed
     from sklearn.model_selection import train_test_split
 
     held_out = validation_fraction + test_fraction
-    if not 0.0 < held_out < 1.0:
+    if not 0.0 <= held_out < 1.0:
         raise DataError(
-            f"validation_fraction + test_fraction must be in (0, 1); got "
-            f"{validation_fraction} + {test_fraction}."
+            f"validation_fraction + test_fraction must be in [0, 1); got "
+            f"{validation_fraction} + {test_fraction}. Use fractions that add up to less than 1."
         )
     labels = [str(label) for label in examples.labels]
     counts = collections.Counter(labels)
     if len(counts) < 2:
         raise DataError(f"{examples.source}: a classifier needs at least two classes; found {sorted(counts)}.")
+    if held_out == 0.0:
+        return DataSplits(examples)
     smallest = min(validation_fraction, test_fraction) or held_out
     needed = math.ceil(1.0 / smallest) if smallest > 0 else 2
     rare = {label: count for label, count in sorted(counts.items()) if count < needed}
