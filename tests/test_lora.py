@@ -275,3 +275,26 @@ def test_adapter_of_other_rank_fails(lora_run, tiny_bert_dir):
     tfpeft.apply_policy(backbone, "lora:r=2,alpha=8")
     with pytest.raises(RunFolderError, match="rank r=4, but the backbone's adapters have r=2"):
         load_adapter(os.path.join(lora_run.output_dir, "model"), model, backbone)
+
+
+def test_lora_r_search(tiny_bert_dir, toy_csv, tmp_path):
+    from tfpeft.tuning import TuningOptions, _trial_config
+
+    base = tfpeft.TrainingConfig(policy="lora:r=8,alpha=16,target_modules=query")
+    assert _trial_config(base, {"lora_r": 2}).policy == "lora:r=2,alpha=16,target_modules=query"
+    assert _trial_config(tfpeft.TrainingConfig(), {"lora_r": 4}).policy == "lora:r=4,alpha=8"
+
+    output_dir = str(tmp_path / "search")
+    result = tfpeft.tune(
+        output_dir=output_dir, space=["lora_r=choice:2,4"],
+        options=TuningOptions(tuner="grid", max_trials=3),
+        model_name_or_path=tiny_bert_dir, train_file=toy_csv, num_train_epochs=1, max_seq_length=16,
+        per_device_train_batch_size=16, verbose=0, policy="lora:alpha=8",
+    )
+    trials_dir = os.path.join(output_dir, "tuning", "trials")
+    summaries = [json.load(open(os.path.join(trials_dir, name, "summary.json"))) for name in sorted(os.listdir(trials_dir))]
+    assert sorted(s["hyperparameters"]["lora_r"] for s in summaries) == [2, 4]
+    assert all(s["status"] == "COMPLETED" for s in summaries)
+    # Every trial starts from the pretrained backbone; the adapters start anew.
+    assert len({s["backbone_start_sha256"] for s in summaries}) == 1
+    assert result.best_config.policy in ("lora:r=2,alpha=8", "lora:r=4,alpha=8")

@@ -370,6 +370,20 @@ def unmerge_adapters(backbone, *models):
         state.merged = False
 
 
+def reset_adapters(backbone):
+    """Draw every adapter's A anew and set its B to zero, as at initialisation; unmerge first."""
+    unmerge_adapters(backbone)
+    for state in adapters(backbone).values():
+        state.a.assign(tf_keras.initializers.HeUniform()(state.a.shape, dtype=state.a.dtype))
+        state.b.assign(tf.zeros_like(state.b))
+
+
+def drop_adapters(backbone, *models):
+    """Delete the adapters without merging them: the backbone is the base model again."""
+    unmerge_adapters(backbone, *models)
+    _delete_adapters(backbone)
+
+
 def remove_adapters(backbone, *models):
     """Merge the adapters, then delete their variables: the backbone is the base architecture again.
 
@@ -377,6 +391,10 @@ def remove_adapters(backbone, *models):
     ``models`` as for ``merge_adapters``.
     """
     merge_adapters(backbone, *models)
+    _delete_adapters(backbone)
+
+
+def _delete_adapters(backbone):
     for layer in _adapted_layers(backbone):
         state = getattr(layer, _STATE)
         ids = {id(state.a), id(state.b)}
@@ -391,6 +409,7 @@ def remove_adapters(backbone, *models):
                 dep for dep in layer._unconditional_checkpoint_dependencies if dep.name != name
             ]
             layer._unconditional_dependency_names.pop(name, None)
+        _disable_path(layer, state)
         object.__delattr__(layer, _STATE)
     object.__setattr__(backbone, "_tfpeft_lora_config", None)
 
