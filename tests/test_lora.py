@@ -298,3 +298,26 @@ def test_lora_r_search(tiny_bert_dir, toy_csv, tmp_path):
     # Every trial starts from the pretrained backbone; the adapters start anew.
     assert len({s["backbone_start_sha256"] for s in summaries}) == 1
     assert result.best_config.policy in ("lora:r=2,alpha=8", "lora:r=4,alpha=8")
+
+
+@pytest.mark.minilm
+def test_minilm_lora_counts_and_adapter_size(toy_csv, tmp_path):
+    output_dir = str(tmp_path / "minilm_lora")
+    result = tfpeft.train(
+        model_name_or_path="minilm", train_file=toy_csv, output_dir=output_dir,
+        policy="lora:r=8,alpha=16,target_modules=query|value", num_train_epochs=1, max_seq_length=32,
+        per_device_train_batch_size=16, verbose=0,
+    )
+    lora = 6 * 2 * (384 * 8 + 8 * 384)
+    assert lora == 73_728
+    head = 384 * 3 + 3
+    assert result.results["lora_params"] == lora
+    assert result.results["trainable_params"] == lora + head
+    blocks = [part for part in result.results["parts"] if part["name"].startswith("block_")]
+    assert [part["lora"] for part in blocks] == [2 * (384 * 8 + 8 * 384)] * 6
+    adapter_file = os.path.join(output_dir, "model", "adapter_weights.npz")
+    assert os.path.getsize(adapter_file) < 1_000_000
+    assert not any(name.startswith("weights") for name in os.listdir(os.path.join(output_dir, "model")))
+    loaded = tfpeft.load(output_dir)
+    texts = ["goal match team", "chip phone software", "", "vote party " * 40]
+    assert loaded.predict(texts) == result.classifier.predict(texts)
