@@ -322,7 +322,7 @@ def load(run_dir, *, base_model=None):
 def _load_adapter_run(run_dir, config, label_map, settings, base_model):
     """Load a LoRA run: the base backbone, the run's adapters on it, and the trained weights."""
     from tfpeft.backbones import load_backbone
-    from tfpeft.lora import load_adapter, read_adapter_config
+    from tfpeft.lora import check_base, load_adapter, read_adapter_config
     from tfpeft.model import build_classifier
     from tfpeft.policies import apply_policy
 
@@ -338,8 +338,6 @@ def _load_adapter_run(run_dir, config, label_map, settings, base_model):
         dropout=settings["classifier_dropout"],
         token_type_ids=settings.get("token_type_ids", False),
     )
-    from tfpeft.lora import check_base
-
     # Before apply_policy, whose target names depend on the architecture.
     check_base(adapter_config, backbone, model_dir)
     policy = apply_policy(
