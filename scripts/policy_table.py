@@ -21,6 +21,7 @@ A quick check that the script works (a few minutes on 2 CPU cores):
 import argparse
 import os
 import platform
+import re
 import sys
 import tempfile
 
@@ -39,7 +40,20 @@ LEARNING_RATE_GRIDS = {
     "pattern": (5e-5, 1e-4, 3e-4),
     "embeddings_frozen": (2e-5, 5e-5, 1e-4),
     "full": (2e-5, 5e-5, 1e-4),
+    "lora": (3e-4, 1e-3, 3e-3),
 }
+
+
+def split_policies(text):
+    """Split ``--policies`` at commas, except those inside a policy such as ``lora:r=8,alpha=16``."""
+    from tfpeft.lora import LORA_KEYS
+
+    pieces = re.split(r",(?!(?:" + "|".join(LORA_KEYS) + r")=)", text)
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def folder_name(policy):
+    return re.sub(r"[^\w.=-]", "_", policy)
 
 
 def parse_arguments(argv):
@@ -88,7 +102,7 @@ def choose_learning_rate(args, policy, work_dir, progress):
         return grid[len(grid) // 2], "middle of grid"
     scores = {}
     for rate in grid:
-        output_dir = os.path.join(work_dir, f"search-{policy.replace(':', '_')}-{rate:g}")
+        output_dir = os.path.join(work_dir, f"search-{folder_name(policy)}-{rate:g}")
         results = train_one(args, policy, rate, args.search_epochs, output_dir)
         scores[rate] = results["validation"]["macro_f1"]
         progress.step(f"{policy}: learning rate {rate:g} gives validation macro F1 {scores[rate]:.4f}")
@@ -117,7 +131,7 @@ def format_table(rows):
 def main(argv=None):
     args = parse_arguments(argv)
     progress = Progress(1, stream=sys.stderr)
-    policies = [policy.strip() for policy in args.policies.split(",") if policy.strip()]
+    policies = split_policies(args.policies)
     for policy in policies:
         learning_rate_grid(policy)  # fail on a typo before any training
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="policy_table-")
@@ -126,7 +140,7 @@ def main(argv=None):
     rows = []
     for policy in policies:
         learning_rate, chosen_by = choose_learning_rate(args, policy, work_dir, progress)
-        output_dir = os.path.join(work_dir, f"final-{policy.replace(':', '_')}")
+        output_dir = os.path.join(work_dir, f"final-{folder_name(policy)}")
         results = train_one(args, policy, learning_rate, args.epochs, output_dir)
         rows.append({
             "policy": policy,

@@ -334,15 +334,17 @@ def export(run_dir, to, *, version=None, verbose=1):
     >>> tfpeft.export("runs/bbc", "models/bbc").path
     'models/bbc/1'
     """
+    from tfpeft.lora import remove_adapters
     from tfpeft.runs import load
 
     progress = Progress(verbose)
     to = os.path.normpath(to)
     version = _choose_version(to, version)
     progress.step(f"Loading the run {run_dir}")
-    # NOTE: a run with adapters needs them merged into the backbone weights here; no run has
-    # adapters yet.
     classifier = load(run_dir)
+    # LoRA adapters are folded into the kernels and dropped, so the exported model is the base
+    # architecture with no extra matrix products.
+    remove_adapters(classifier.backbone, classifier.model)
     if classifier.takes_pairs:
         # NOTE: pair runs need a second string input and segment ids in both signatures.
         raise ExportError(

@@ -28,12 +28,14 @@ from typing import Optional
 import tf_keras
 
 from tfpeft.errors import ConfigError, closest_match
-from tfpeft.freezing import set_inference_mode, set_trainable_variables
+from tfpeft.freezing import restore_trainable, set_inference_mode, set_trainable_variables
+from tfpeft.lora import LoraConfig, adapter_variables, apply_adapters, parse_lora_fields
 
-POLICY_KINDS = ("head", "last_n", "full", "bitfit", "layernorm", "embeddings_frozen", "pattern")
+POLICY_KINDS = ("head", "last_n", "full", "bitfit", "layernorm", "embeddings_frozen", "pattern", "lora")
 POLICY_SYNTAX = (
-    "head, last_n:K, full, bitfit, layernorm, embeddings_frozen, or "
-    "pattern:include=REGEX,exclude=REGEX (either part may be left out)"
+    "head, last_n:K, full, bitfit, layernorm, embeddings_frozen, "
+    "pattern:include=REGEX,exclude=REGEX (either part may be left out), or "
+    "lora:r=8,alpha=16,dropout=0.1,target_modules=REGEX,combine=POLICY (every part optional)"
 )
 PATTERN_KEYS = ("include", "exclude")
 
@@ -53,6 +55,9 @@ class Policy:
     - ``bitfit``: the bias terms of the backbone train, LayerNorm biases included.
     - ``layernorm``: the LayerNorm scales and biases of the backbone train.
     - ``embeddings_frozen``: everything but the embeddings trains.
+    - ``lora``: LoRA adapters (``tfpeft.lora``) on the dense layers that ``lora`` targets train,
+      plus the variables of the policy ``lora.combine`` if set; the backbone's own weights stay
+      frozen.
     - ``pattern``: the variables whose stable name (``Backbone.named_variables``) matches the
       regular expression ``include`` and does not match ``exclude`` train. Matching uses
       ``re.search``, so a pattern matches anywhere in the name unless anchored.
@@ -62,6 +67,7 @@ class Policy:
         num_blocks: int or None. The K of ``last_n:K``; None for the other kinds.
         include: str or None. For ``pattern``: the names to train; None means every name.
         exclude: str or None. For ``pattern``: names to leave frozen even if ``include`` matches.
+        lora: ``LoraConfig`` or None. For ``lora``: the adapters' settings.
 
     Example:
 
@@ -75,6 +81,7 @@ class Policy:
     num_blocks: Optional[int] = None
     include: Optional[str] = None
     exclude: Optional[str] = None
+    lora: Optional[LoraConfig] = None
 
     def __post_init__(self):
         if self.kind not in POLICY_KINDS:
@@ -89,6 +96,10 @@ class Policy:
                 )
         elif self.num_blocks is not None:
             raise ConfigError(f"policy {self.kind!r} takes no block count; got {self.num_blocks}.")
+        if self.kind == "lora" and self.lora is None:
+            object.__setattr__(self, "lora", LoraConfig())
+        elif self.kind != "lora" and self.lora is not None:
+            raise ConfigError(f"policy {self.kind!r} takes no LoRA settings; use 'lora:...'.")
         if self.kind == "pattern":
             self._check_patterns()
         elif self.include is not None or self.exclude is not None:
@@ -121,6 +132,8 @@ class Policy:
         if self.kind == "pattern":
             fields = [f"{key}={getattr(self, key)}" for key in PATTERN_KEYS if getattr(self, key) is not None]
             return "pattern:" + ",".join(fields)
+        if self.kind == "lora":
+            return self.lora.name
         return self.kind
 
     def __str__(self):
@@ -131,8 +144,16 @@ class Policy:
 
         Raises ``ConfigError`` when ``last_n:K`` requests more blocks than the backbone has.
         Also raises it when ``bitfit``, ``layernorm`` or ``pattern`` selects no variable at
-        all, because that policy would then silently equal ``head``.
+        all, because that policy would then silently equal ``head``. ``lora`` adds its adapters
+        to the backbone first, where they are missing.
         """
+        if self.kind == "lora":
+            selected = apply_adapters(backbone, self.lora)
+            if self.lora.combine is not None:
+                ids = {id(variable) for variable in selected}
+                combined = parse_policy(self.lora.combine).select_variables(backbone, pooling)
+                selected = selected + [variable for variable in combined if id(variable) not in ids]
+            return selected
         self._check_block_count(backbone)
         owners = _owner_layers(backbone.main_layer)
         names = dict((id(variable), name) for name, variable in backbone.named_variables())
@@ -246,6 +267,8 @@ def parse_policy(policy):
         return Policy("last_n", num_blocks)
     if kind == "pattern":
         return Policy("pattern", **_parse_pattern_fields(text, argument))
+    if kind == "lora":
+        return Policy("lora", lora=parse_lora_fields(text, argument))
     if argument:
         raise ConfigError(f"Invalid policy {text!r}: {kind!r} takes no argument after ':'.")
     return Policy(kind)
@@ -319,6 +342,8 @@ def apply_policy(backbone, policy, *, pooling="mean", frozen_dropout=False):
         The ``Policy`` applied.
     """
     policy = parse_policy(policy)
+    # Adapters join the layers' lists of variables, so an earlier policy's moves come out first.
+    restore_trainable(backbone.main_layer)
     selected = policy.select_variables(backbone, pooling)
     set_trainable_variables(backbone.main_layer, selected)
 
@@ -335,11 +360,15 @@ def apply_policy(backbone, policy, *, pooling="mean", frozen_dropout=False):
 
 @dataclasses.dataclass
 class PartCount:
-    """Parameter counts of one part: the embeddings, a block, a shared table, the pooler or the head."""
+    """Parameter counts of one part: the embeddings, a block, a shared table, the pooler or the head.
+
+    ``lora`` counts the part's LoRA adapter parameters, which ``total`` includes.
+    """
 
     name: str
     trainable: int
     total: int
+    lora: int = 0
 
 
 @dataclasses.dataclass
@@ -375,6 +404,10 @@ class ParameterReport:
         return sum(part.total for part in self.parts)
 
     @property
+    def lora_params(self):
+        return sum(part.lora for part in self.parts)
+
+    @property
     def trainable_percent(self):
         return 100.0 * self.trainable_params / max(self.total_params, 1)
 
@@ -384,6 +417,7 @@ class ParameterReport:
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "trainable_percent": round(self.trainable_percent, 4),
+            "lora_params": self.lora_params,
             "parts": [dataclasses.asdict(part) for part in self.parts],
         }
         if weights:
@@ -394,14 +428,17 @@ class ParameterReport:
         return data
 
     def format(self):
-        """Return the report as a text table with a total row."""
-        rows = [(part.name, part.trainable, part.total) for part in self.parts]
-        rows.append(("total", self.trainable_params, self.total_params))
-        width = max(len(name) for name, _, _ in rows)
-        lines = [f"{'part':<{width}}  {'trainable':>12}  {'total':>12}  {'percent':>7}"]
-        for name, trainable, total in rows:
+        """Return the report as a text table with a total row, and a LoRA column when adapters exist."""
+        rows = [(part.name, part.trainable, part.total, part.lora) for part in self.parts]
+        rows.append(("total", self.trainable_params, self.total_params, self.lora_params))
+        show_lora = self.lora_params > 0
+        width = max(len(row[0]) for row in rows)
+        lora_header = f"  {'lora':>10}" if show_lora else ""
+        lines = [f"{'part':<{width}}  {'trainable':>12}  {'total':>12}  {'percent':>7}{lora_header}"]
+        for name, trainable, total, lora in rows:
             percent = 100.0 * trainable / max(total, 1)
-            lines.append(f"{name:<{width}}  {trainable:>12,}  {total:>12,}  {percent:>6.2f}%")
+            lora_cell = f"  {lora:>10,}" if show_lora else ""
+            lines.append(f"{name:<{width}}  {trainable:>12,}  {total:>12,}  {percent:>6.2f}%{lora_cell}")
         return "\n".join(lines)
 
     def format_weights(self):
@@ -428,15 +465,20 @@ def parameter_report(model, backbone):
     Every variable of the model is counted once: in its backbone part, in ``other`` when no
     registry path reaches it, or in ``head`` when it lies outside the backbone (pooling,
     dropout and the dense head). Shared position tables and the final layer norm have rows of
-    their own.
+    their own. LoRA adapters count in the part of the layer they adapt, and again in its
+    ``lora`` column.
     """
     trainable_ids = {id(variable) for variable in model.trainable_variables}
     names = dict((id(variable), name) for name, variable in backbone.named_variables())
+    lora_ids = {id(variable) for variable in adapter_variables(backbone)}
     counts = []
     weights = []
     for part in _parts_with_other(backbone):
         trainable = [v for v in part.variables if id(v) in trainable_ids]
-        counts.append(PartCount(part.name, _num_elements(trainable), _num_elements(part.variables)))
+        lora = [v for v in part.variables if id(v) in lora_ids]
+        counts.append(
+            PartCount(part.name, _num_elements(trainable), _num_elements(part.variables), _num_elements(lora))
+        )
         for variable in part.variables:
             weights.append(_weight_count(names.get(id(variable), variable.name), part.name, variable, trainable_ids))
 

@@ -6,7 +6,9 @@ Layout::
       config.toml          the full TrainingConfig of the run
       label_map.json       class names in id order
       tokenizer/           the tokenizer files
-      model/               backbone config.json, classifier.json and the TF checkpoint weights
+      model/               backbone config.json, classifier.json and the TF checkpoint weights;
+                           for a LoRA run adapter_config.json and adapter_weights.npz instead
+                           of the weights (the adapters, the head and what else trained)
       results.json         test metrics, parameter counts, policy, timings, versions
       predictions.csv      test predictions
       report.md            metrics, per-class table, parameter report and pictures (tfpeft.reports)
@@ -138,16 +140,35 @@ def discard_replaced_run(path):
     shutil.rmtree(os.path.join(path, REPLACED_RUN_DIR), ignore_errors=True)
 
 
-def save_model_files(output_dir, model, backbone, classifier_settings):
-    """Write the weights, the backbone config, the classifier settings and the tokenizer."""
+def save_model_files(output_dir, model, backbone, classifier_settings, label_names=None):
+    """Write the weights, the backbone config, the classifier settings and the tokenizer.
+
+    A backbone with LoRA adapters writes only what trained (``tfpeft.lora.save_adapter``): the
+    base backbone's weights are loaded from the base model again by ``load``.
+    """
+    from tfpeft.lora import applied_config, save_adapter
+
     model_dir = os.path.join(output_dir, MODEL_DIR)
     os.makedirs(model_dir, exist_ok=True)
     backbone.config.save_pretrained(model_dir)
+    adapted = applied_config(backbone) is not None
     with open(os.path.join(model_dir, CLASSIFIER_FILE), "w", encoding="utf-8") as file:
-        json.dump(classifier_settings, file, indent=2)
+        json.dump({**classifier_settings, "adapter": adapted}, file, indent=2)
         file.write("\n")
-    save_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
+    if adapted:
+        save_adapter(model_dir, model, backbone, label_names or [], _base_model_reference(backbone.source))
+    else:
+        save_weights(model, os.path.join(model_dir, WEIGHTS_PREFIX))
     backbone.tokenizer.save_pretrained(os.path.join(output_dir, TOKENIZER_DIR))
+
+
+def _base_model_reference(source):
+    """Return an alias or Hub name unchanged, and a folder as an absolute path."""
+    from tfpeft.backbones import ALIASES
+
+    if source in ALIASES or not os.path.isdir(os.path.expanduser(source)):
+        return source
+    return os.path.abspath(os.path.expanduser(source))
 
 
 def save_weights(model, path):
@@ -257,11 +278,19 @@ class TextClassifier:
         return self.label_map.decode(logits.argmax(axis=-1))
 
 
-def load(run_dir):
+def load(run_dir, *, base_model=None):
     """Load a finished run folder as a ``TextClassifier``, in this or a new process.
 
     The backbone is rebuilt from the run's own ``model/config.json`` and the trained weights are
-    restored from its checkpoint, so the original backbone folder is not needed.
+    restored from its checkpoint, so the original backbone folder is not needed. A LoRA run
+    holds only its adapters: its base backbone is loaded from the base model named in
+    ``model/adapter_config.json``, or from ``base_model``, and must be the same architecture
+    and size it was trained on.
+
+    Args:
+        run_dir: str. The output_dir of a finished run.
+        base_model: str or None. For a LoRA run: a folder, alias or Hub name of the base
+            backbone, in place of the one the run recorded (after moving the folder, say).
     """
     from tensorflow import errors as tf_errors
 
@@ -293,11 +322,12 @@ def load(run_dir):
             run_dir, LABEL_MAP_FILE,
             f"it lists {label_map.num_labels} classes but the trained head has {settings['num_labels']}",
         )
-    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_PREFIX + ".index")):
-        raise _damaged(run_dir, os.path.join(MODEL_DIR, WEIGHTS_PREFIX + ".index"), "the weights file is missing")
     if not any(os.path.isfile(os.path.join(run_dir, TOKENIZER_DIR, name)) for name in TOKENIZER_FILES):
         raise _damaged(run_dir, TOKENIZER_DIR, f"it has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
-
+    if settings.get("adapter"):
+        return _load_adapter_run(run_dir, config, label_map, settings, base_model)
+    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_PREFIX + ".index")):
+        raise _damaged(run_dir, os.path.join(MODEL_DIR, WEIGHTS_PREFIX + ".index"), "the weights file is missing")
     backbone = load_backbone(
         model_dir, pretrained=False, tokenizer_path=os.path.join(run_dir, TOKENIZER_DIR)
     )
@@ -336,3 +366,29 @@ def _read_run_json(run_dir, name, kind):
     if not isinstance(data, kind) or not data:
         raise _damaged(run_dir, name, f"expected a non-empty JSON {'array' if kind is list else 'object'}")
     return data
+def _load_adapter_run(run_dir, config, label_map, settings, base_model):
+    """Load a LoRA run: the base backbone, the run's adapters on it, and the trained weights."""
+    from tfpeft.backbones import load_backbone
+    from tfpeft.lora import check_base, load_adapter, read_adapter_config
+    from tfpeft.model import build_classifier
+    from tfpeft.policies import apply_policy
+
+    model_dir = os.path.join(run_dir, MODEL_DIR)
+    adapter_config = read_adapter_config(model_dir)
+    backbone = load_backbone(
+        base_model or adapter_config["base_model"], tokenizer_path=os.path.join(run_dir, TOKENIZER_DIR)
+    )
+    model = build_classifier(
+        backbone,
+        label_map.num_labels,
+        pooling=settings["pooling"],
+        dropout=settings["classifier_dropout"],
+        token_type_ids=settings.get("token_type_ids", False),
+    )
+    # Before apply_policy, whose target names depend on the architecture.
+    check_base(adapter_config, backbone, model_dir)
+    policy = apply_policy(
+        backbone, settings["policy"], pooling=settings["pooling"], frozen_dropout=settings["frozen_dropout"]
+    )
+    load_adapter(model_dir, model, backbone)
+    return TextClassifier(model, backbone, label_map, config, policy)

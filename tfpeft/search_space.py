@@ -10,7 +10,7 @@ values) in the ``[search]`` table of a TOML file:
 
 Names are the ``TrainingConfig`` fields in ``SEARCHABLE`` (``learning_rate``,
 ``num_train_epochs``, ``weight_decay``, ...) plus ``unfreeze_depth``, the K of the ``last_n:K``
-policy.
+policy, and ``lora_r``, the rank of the ``lora`` policy (the run's other LoRA settings stay).
 """
 
 import dataclasses
@@ -32,19 +32,22 @@ SEARCHABLE = {
     "seed",
 }
 UNFREEZE_DEPTH = "unfreeze_depth"
+LORA_R = "lora_r"
+# Searchable names that set the policy rather than a TrainingConfig field.
+POLICY_PARAMETERS = (UNFREEZE_DEPTH, LORA_R)
 KINDS = ("log", "float", "int", "choice")
 
 
 def searchable_names():
     """Return the names a search space may use."""
-    return sorted(SEARCHABLE | {UNFREEZE_DEPTH})
+    return sorted(SEARCHABLE | set(POLICY_PARAMETERS))
 
 
 def _value_type(name):
     """Return the Python type of a searchable setting's values."""
     from tfpeft.config import TrainingConfig, field_type
 
-    if name == UNFREEZE_DEPTH:
+    if name in POLICY_PARAMETERS:
         return int
     field = {field.name: field for field in dataclasses.fields(TrainingConfig)}[name]
     return field_type(field)

@@ -514,6 +514,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
             "num_labels": data.label_map.num_labels,
             "token_type_ids": data.token_type_ids,
         },
+        label_names=data.label_map.names,
     )
     write_json(os.path.join(config.output_dir, RESULTS_FILE), results)
     if role.is_chief:

@@ -32,7 +32,7 @@ import numpy as np
 
 from tfpeft.errors import ConfigError, OutputDirError, TfpeftError
 from tfpeft.progress import Progress
-from tfpeft.search_space import UNFREEZE_DEPTH, default_space, parse_space
+from tfpeft.search_space import LORA_R, UNFREEZE_DEPTH, default_space, parse_space
 
 logger = logging.getLogger("tfpeft.tuning")
 
@@ -154,6 +154,17 @@ def _trial_config(base, values):
     depth = changes.pop(UNFREEZE_DEPTH, None)
     if depth is not None:
         changes["policy"] = f"last_n:{int(depth)}"
+    rank = changes.pop(LORA_R, None)
+    if rank is not None:
+        if depth is not None:
+            raise ConfigError("unfreeze_depth and lora_r choose different policies; search one of them.")
+        from tfpeft.lora import LoraConfig
+        from tfpeft.policies import Policy, parse_policy
+
+        # The base run's alpha, dropout and targets stay; only the rank changes.
+        policy = parse_policy(base.policy)
+        lora = policy.lora.replace(r=int(rank)) if policy.kind == "lora" else LoraConfig(r=int(rank))
+        changes["policy"] = Policy("lora", lora=lora).name
     return base.replace(**changes)
 
 
@@ -184,6 +195,14 @@ def _weights_fingerprint(variables):
     for variable in sorted(variables, key=lambda variable: variable.name):
         digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
     return digest.hexdigest()
+
+
+def _base_variables(backbone):
+    """Return the backbone's own variables, without LoRA adapters, which start anew each trial."""
+    from tfpeft.lora import adapter_variables
+
+    adapter_ids = {id(variable) for variable in adapter_variables(backbone)}
+    return [variable for variable in backbone.main_layer.weights if id(variable) not in adapter_ids]
 
 
 class _TrialFailed(Exception):
@@ -298,7 +317,7 @@ class _Search:
             self.class_weight = balanced_class_weights(data.label_ids["train"], data.label_map.num_labels)
         # Paired with their variables, because model.weights reorders when `trainable` changes.
         self.initial_weights = [(variable, variable.numpy()) for variable in self.model.weights]
-        self.pretrained_fingerprint = _weights_fingerprint(backbone.main_layer.weights)
+        self.pretrained_fingerprint = _weights_fingerprint(_base_variables(backbone))
 
     def trial_dir(self, trial_id):
         return os.path.join(self.tuning_dir, "trials", f"trial_{trial_id}")
@@ -334,6 +353,26 @@ class _Search:
         if previous:
             restore_weights(self.model, os.path.join(self.trial_dir(previous), "weights"))
         return previous
+
+    def _prepare_adapters(self, config):
+        """Give the backbone fresh LoRA adapters of the trial's settings, or none for other policies.
+
+        The search shares one backbone, so adapters of another rank come off first, with the
+        compiled models that traced them; adapters of the same settings start again from a new
+        random A and a zero B.
+        """
+        from tfpeft.lora import applied_config, drop_adapters, reset_adapters
+        from tfpeft.policies import apply_policy, parse_policy
+
+        policy = parse_policy(config.policy)
+        current = applied_config(self.backbone)
+        if current is not None and (policy.kind != "lora" or policy.lora != current):
+            drop_adapters(self.backbone)
+            self.variants = {key: value for key, value in self.variants.items() if not key[0].startswith("lora")}
+        if policy.kind == "lora":
+            with self.strategy.scope():
+                apply_policy(self.backbone, policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout)
+            reset_adapters(self.backbone)
 
     def _compiled_variant(self, config):
         """Return ``(model, schedule)`` compiled for ``config``'s traced settings.
@@ -390,9 +429,10 @@ class _Search:
         total_steps = steps_per_epoch * max(epochs - initial_epoch, 1)
         for execution in range(self.options.executions_per_trial):
             _release_memory()
+            self._prepare_adapters(config)
             promoted_from = self._reset_weights(values)
             summary["promoted_from"] = promoted_from
-            summary["backbone_start_sha256"] = _weights_fingerprint(self.backbone.main_layer.weights)
+            summary["backbone_start_sha256"] = _weights_fingerprint(_base_variables(self.backbone))
             model, schedule = self._compiled_variant(config)
             schedule.set(config.learning_rate, total_steps, math.ceil(config.warmup_ratio * total_steps))
             evaluation = EpochEvaluation(
