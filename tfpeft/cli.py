@@ -20,7 +20,11 @@ def _add_config_flags(parser):
         # argparse treats % as a format character; TFDS slices such as train[:90%] contain it.
         help_text = f"{field.metadata['help']} (default: {default_text})".replace("%", "%%")
         kind = field_type(field)
-        if kind is bool:
+        if kind is bool and field.default is True:
+            # A setting that is on by default gets only a flag that turns it off.
+            flags = [f"--no-{field.name.replace('_', '-')}"]
+            group.add_argument(*flags, dest=field.name, action="store_false", default=None, help=help_text)
+        elif kind is bool:
             group.add_argument(*flags, dest=field.name, action="store_true", default=None, help=help_text)
         else:
             group.add_argument(*flags, dest=field.name, type=kind, default=None, help=help_text, metavar=kind.__name__.upper())

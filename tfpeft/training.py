@@ -20,6 +20,7 @@ from tfpeft.data import LabelMap, encode_texts_in_chunks, make_dataset
 from tfpeft.data.checks import log_class_counts
 from tfpeft.data.labels import balanced_class_weights, class_counts
 from tfpeft.data.loading import load_splits
+from tfpeft.data.pipeline import count_batches, length_boundaries, padding_share
 from tfpeft.data.truncation import log_truncation
 from tfpeft.errors import ConfigError
 from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
@@ -122,10 +123,18 @@ class PreparedData:
         """True when the texts are sentence pairs encoded with segment ids."""
         return any(encoded.token_type_ids is not None for encoded in self.encoded.values())
 
-    def dataset(self, split, batch_size, *, shuffle=False, seed=None, with_labels=True):
+    def dataset(self, split, batch_size, *, shuffle=False, seed=None, with_labels=True, bucket_by_length=False):
         """Return the tf.data pipeline of ``split``."""
         labels = self.label_ids[split] if with_labels else None
-        return make_dataset(self.encoded[split], labels, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return make_dataset(
+            self.encoded[split], labels, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            bucket_by_length=bucket_by_length,
+        )
+
+    def num_batches(self, split, batch_size, *, bucket_by_length=False):
+        """Return the batches in one pass of ``dataset(split, ...)`` with the same settings."""
+        lengths = self.encoded[split].lengths
+        return count_batches(lengths, batch_size, length_boundaries(lengths) if bucket_by_length else None)
 
 
 def _limit(examples, max_samples):
@@ -395,7 +404,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
 
     train_batch_size = config.per_device_train_batch_size * num_replicas
     eval_batch_size = config.per_device_eval_batch_size * num_replicas
-    steps_per_epoch = math.ceil(len(data.splits["train"]) / train_batch_size)
+    steps_per_epoch = data.num_batches("train", train_batch_size, bucket_by_length=config.bucket_by_length)
 
     with strategy.scope():
         model = build_classifier(
@@ -427,9 +436,15 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
 
     # Every worker shuffles with the same seed, so the workers' parts of a global batch fit.
     # NOTE: a resumed run starts the shuffle sequence again at the first epoch's order.
-    train_dataset = distributed.shard_by_data(
-        data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
+    train_dataset = data.dataset(
+        "train", train_batch_size, shuffle=True, seed=config.seed, bucket_by_length=config.bucket_by_length
     )
+    logger.info(
+        "Training batches: %.1f%% of token positions are padding (%s)",
+        100 * padding_share(train_dataset),
+        "bucketed by length" if config.bucket_by_length else "padded per batch",
+    )
+    train_dataset = distributed.shard_by_data(train_dataset)
     callbacks, evaluation, epoch_log = _callbacks(
         config, data, eval_batch_size, progress,
         shared_dir=shared_dir, resume_state=resume_state, num_replicas=num_replicas,
