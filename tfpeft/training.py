@@ -361,6 +361,14 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     >>> result.results["test"]["accuracy"]
     0.97...
     """
+    from tfpeft.precision import precision_policy
+
+    config = build_config(config, overrides)
+    with precision_policy(config.mixed_precision):
+        return _train(config, train_data, validation_data, test_data, verbose)
+
+
+def _train(config, train_data, validation_data, test_data, verbose):
     from tfpeft import distributed, recovery
     from tfpeft.backbones import load_backbone
     from tfpeft.model import build_classifier
@@ -378,7 +386,6 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         write_json,
     )
 
-    config = build_config(config, overrides)
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
