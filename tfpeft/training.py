@@ -427,6 +427,18 @@ def _train(config, train_data, validation_data, test_data, verbose):
         compile_classifier(model, config, steps_per_epoch * config.num_train_epochs)
     report = parameter_report(model, backbone)
     progress.block(f"Policy {policy.name}:\n{report.format()}")
+    # With a frozen bottom, fit trains a model of the top layers on cached features; it shares
+    # its variables with ``model``, which evaluation and saving use as always.
+    fit_model, fit_data = model, data
+    if config.feature_cache:
+        from tfpeft.features import prepare_feature_cache
+
+        progress.step("Computing or loading the frozen part's features")
+        with strategy.scope():
+            cached = prepare_feature_cache(model, backbone, policy, data, config)
+            if cached is not None:
+                fit_model, fit_data = cached.model, cached
+                compile_classifier(fit_model, config, steps_per_epoch * config.num_train_epochs)
 
     resume_state = recovery.prepare_run_folder(config, resuming, strategy, role)
     shared_dir = config.output_dir
@@ -443,17 +455,15 @@ def _train(config, train_data, validation_data, test_data, verbose):
 
     # Every worker shuffles with the same seed, so the workers' parts of a global batch fit.
     # NOTE: a resumed run starts the shuffle sequence again at the first epoch's order.
-    train_dataset = data.dataset(
-        "train", train_batch_size, shuffle=True, seed=config.seed, bucket_by_length=config.bucket_by_length
-    )
+    batching = dict(shuffle=True, seed=config.seed, bucket_by_length=config.bucket_by_length)
     logger.info(
         "Training batches: %.1f%% of token positions are padding (%s)",
-        100 * padding_share(train_dataset),
+        100 * padding_share(data.dataset("train", train_batch_size, **batching)),
         "bucketed by length" if config.bucket_by_length else "padded per batch",
     )
-    train_dataset = distributed.shard_by_data(train_dataset)
+    train_dataset = distributed.shard_by_data(fit_data.dataset("train", train_batch_size, **batching))
     callbacks, evaluation, epoch_log = _callbacks(
-        config, data, eval_batch_size, progress,
+        config, fit_data, eval_batch_size, progress,
         shared_dir=shared_dir, resume_state=resume_state, num_replicas=num_replicas,
     )
     first_epoch = resume_state.completed_epochs + 1 if resume_state else 1
@@ -469,7 +479,7 @@ def _train(config, train_data, validation_data, test_data, verbose):
         )
     start = time.monotonic()
     with distributed.report_worker_failures(role, config.collective_timeout):
-        model.fit(
+        fit_model.fit(
             train_dataset,
             epochs=config.num_train_epochs,
             callbacks=callbacks,
