@@ -1,5 +1,6 @@
 """The feature cache: same weights as training the full model, never a stale cache, LRU eviction."""
 
+import json
 import logging
 import os
 
@@ -159,3 +160,22 @@ def test_top_model_matches_the_full_model(model_type, policy, tiny_family_dir):
     np.testing.assert_allclose(top(inputs, training=False).numpy(), expected, atol=1e-5)
     assert {id(v) for v in top.trainable_variables} <= {id(v) for v in model.trainable_variables}
     assert tf_keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_cache_command(tmp_path, monkeypatch, capsys):
+    from tfpeft.cli import main
+
+    monkeypatch.setenv("TFPEFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TFPEFT_CACHE_SIZE_MB", "1")
+    FeatureStore().save("k", {"values": np.zeros(1000, np.float32)})
+    assert main(["cache", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["folder"] == str(tmp_path / "features") and info["files"] == 1
+    assert info["bytes"] == os.path.getsize(tmp_path / "features" / "k.npz")
+    assert info["size_limit_bytes"] == 2**20
+    assert main(["cache", "clear"]) == 0
+    assert "Deleted 1 feature cache files" in capsys.readouterr().out
+    assert FeatureStore().info()["files"] == 0
+    monkeypatch.setenv("TFPEFT_CACHE_SIZE_MB", "lots")
+    assert main(["cache", "info"]) == 1
+    assert "TFPEFT_CACHE_SIZE_MB='lots'" in capsys.readouterr().err

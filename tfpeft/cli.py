@@ -114,6 +114,10 @@ def _build_parser():
     )
     export.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
+    cache = commands.add_parser("cache", help="Show or clear the feature cache (folder: TFPEFT_CACHE_DIR).")
+    cache.add_argument("action", choices=("info", "clear"), help="info: folder, files and size; clear: delete every file.")
+    cache.add_argument("--json", action="store_true", help="Print info as JSON.")
+
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
     inspect.add_argument(
@@ -237,6 +241,23 @@ def _run_inspect(args):
         print(f"\n{report.format_weights()}")
 
 
+def _run_cache(args):
+    from tfpeft.features import FeatureStore
+
+    store = FeatureStore()
+    if args.action == "clear":
+        print(f"Deleted {store.clear()} feature cache files from {store.folder}")
+        return
+    info = store.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(
+        f"Feature cache {info['folder']}: {info['files']} files, {info['bytes'] / 2**20:.1f} MB "
+        f"of {info['size_limit_bytes'] / 2**20:.0f} MB (TFPEFT_CACHE_SIZE_MB)"
+    )
+
+
 def _run_launch(args):
     import tfpeft
 
@@ -259,6 +280,7 @@ COMMANDS = {
     "compare": _run_compare,
     "inspect": _run_inspect,
     "export": _run_export,
+    "cache": _run_cache,
 }
 
 
