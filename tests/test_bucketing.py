@@ -44,7 +44,7 @@ def test_length_boundaries_by_hand():
     assert count_batches(list(range(1, 9)), 3) == 3
 
 
-def test_bucketing_keeps_every_example_once_with_less_padding():
+def test_bucketing_each_example_once_less_padding():
     encoded = _encoded()
     labels = np.arange(len(encoded)) % 3
     bucketed = make_dataset(encoded, labels, batch_size=16, shuffle=True, seed=7, bucket_by_length=True)
@@ -63,7 +63,7 @@ def test_bucketing_keeps_every_example_once_with_less_padding():
     assert bucketed_share < padded_share / 3
 
 
-def test_bucketing_is_seeded_and_reshuffles_each_epoch():
+def test_bucketing_seeded_reshuffled():
     encoded = _encoded()
     labels = np.zeros(len(encoded), dtype=np.int32)
 

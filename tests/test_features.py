@@ -33,7 +33,7 @@ def _train(folder, csv, output_dir, policy, feature_cache):
 
 
 @pytest.mark.parametrize("policy", ["head", "last_n:1", "last_n:2"])
-def test_cache_gives_the_weights_of_the_full_model(policy, tiny_bert_no_dropout_dir, toy_csv, tmp_path, caplog):
+def test_cache_matches_naive_weights(policy, tiny_bert_no_dropout_dir, toy_csv, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="tfpeft.features"):
         cached = _train(tiny_bert_no_dropout_dir, toy_csv, str(tmp_path / "cached"), policy, True)
     assert any("Feature cache: computed" in record.getMessage() for record in caplog.records)
@@ -136,7 +136,7 @@ def test_find_cut_rules(bert_setup, tiny_family_dir, caplog):
 @pytest.mark.parametrize("model_type, policy", [
     ("roberta", "last_n:1"), ("electra", "last_n:2"), ("distilbert", "head"), ("t5", "head"),
 ])
-def test_top_model_matches_the_full_model(model_type, policy, tiny_family_dir):
+def test_top_model_matches_full_model(model_type, policy, tiny_family_dir):
     backbone = tfpeft.load_backbone(tiny_family_dir(model_type))
     pooling = backbone.spec.poolings[0]
     model = tfpeft.build_classifier(backbone, 3, pooling=pooling)

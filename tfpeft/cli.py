@@ -23,6 +23,7 @@ def _add_config_flags(parser):
         if kind is bool and field.default is True:
             # A setting that is on by default gets only a flag that turns it off.
             flags = [f"--no-{field.name.replace('_', '-')}"]
+            help_text = f"Turn off, which is on by default: {field.metadata['help']}".replace("%", "%%")
             group.add_argument(*flags, dest=field.name, action="store_false", default=None, help=help_text)
         elif kind is bool:
             group.add_argument(*flags, dest=field.name, action="store_true", default=None, help=help_text)

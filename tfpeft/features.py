@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -101,7 +102,7 @@ class FeatureStore:
                 arrays = {name: stored[name] for name in stored.files}
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
             # A file cut short by a full disk or a killed process is computed again.
             logger.warning("Ignoring the unreadable feature cache %s (%s)", path, error)
             return None
