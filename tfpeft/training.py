@@ -487,6 +487,9 @@ def _train(config, train_data, validation_data, test_data, verbose):
             class_weight=class_weight,
         )
     train_seconds = time.monotonic() - start
+    if fit_model is not model:
+        # The optimizer that trained the shared variables, with its step count and moments.
+        model.optimizer = fit_model.optimizer
     epochs_completed = len(epoch_log.epoch_logs)
 
     results = {
