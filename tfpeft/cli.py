@@ -20,7 +20,12 @@ def _add_config_flags(parser):
         # argparse treats % as a format character; TFDS slices such as train[:90%] contain it.
         help_text = f"{field.metadata['help']} (default: {default_text})".replace("%", "%%")
         kind = field_type(field)
-        if kind is bool:
+        if kind is bool and field.default is True:
+            # A setting that is on by default gets only a flag that turns it off.
+            flags = [f"--no-{field.name.replace('_', '-')}"]
+            help_text = f"Turn off, which is on by default: {field.metadata['help']}".replace("%", "%%")
+            group.add_argument(*flags, dest=field.name, action="store_false", default=None, help=help_text)
+        elif kind is bool:
             group.add_argument(*flags, dest=field.name, action="store_true", default=None, help=help_text)
         else:
             group.add_argument(*flags, dest=field.name, type=kind, default=None, help=help_text, metavar=kind.__name__.upper())
@@ -114,6 +119,10 @@ def _build_parser():
         help="Version folder to write (default: the highest existing one plus 1).",
     )
     export.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+
+    cache = commands.add_parser("cache", help="Show or clear the feature cache (folder: TFPEFT_CACHE_DIR).")
+    cache.add_argument("action", choices=("info", "clear"), help="info: folder, files and size; clear: delete every file.")
+    cache.add_argument("--json", action="store_true", help="Print info as JSON.")
 
     inspect = commands.add_parser("inspect", help="Print the trainable-parameter report of a policy.")
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
@@ -245,6 +254,23 @@ def _run_inspect(args):
         print(f"\n{report.format_weights()}")
 
 
+def _run_cache(args):
+    from tfpeft.features import FeatureStore
+
+    store = FeatureStore()
+    if args.action == "clear":
+        print(f"Deleted {store.clear()} feature cache files from {store.folder}")
+        return
+    info = store.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(
+        f"Feature cache {info['folder']}: {info['files']} files, {info['bytes'] / 2**20:.1f} MB "
+        f"of {info['size_limit_bytes'] / 2**20:.0f} MB (TFPEFT_CACHE_SIZE_MB)"
+    )
+
+
 def _run_launch(args):
     import tfpeft
 
@@ -267,6 +293,7 @@ COMMANDS = {
     "compare": _run_compare,
     "inspect": _run_inspect,
     "export": _run_export,
+    "cache": _run_cache,
 }
 
 

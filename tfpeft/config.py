@@ -136,6 +136,17 @@ class TrainingConfig:
         "none", "Loss weight per class: none, or balanced (examples / (classes * class examples))."
     )
     seed: int = _field(42, "Seed of the split, the shuffling and the head's initial weights.")
+    bucket_by_length: bool = _field(
+        True, "Batch training texts of similar length together, so less padding is computed."
+    )
+    mixed_precision: bool = _field(
+        False, "Compute in float16 on GPU, bfloat16 on CPU; the head and the loss stay float32."
+    )
+    feature_cache: bool = _field(
+        True,
+        "Run a frozen bottom of the backbone once per split and train on its cached output "
+        "(head and last_n policies); the cache folder is TFPEFT_CACHE_DIR.",
+    )
 
     # Distribution.
     strategy: str = _field(

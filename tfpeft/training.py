@@ -20,6 +20,7 @@ from tfpeft.data import LabelMap, encode_texts_in_chunks, make_dataset
 from tfpeft.data.checks import log_class_counts
 from tfpeft.data.labels import balanced_class_weights, class_counts
 from tfpeft.data.loading import load_splits
+from tfpeft.data.pipeline import count_batches, length_boundaries, padding_share
 from tfpeft.data.truncation import log_truncation
 from tfpeft.errors import ConfigError
 from tfpeft.evaluation import compute_metrics, cross_entropy, format_metrics, predict_logits, write_predictions
@@ -122,10 +123,18 @@ class PreparedData:
         """True when the texts are sentence pairs encoded with segment ids."""
         return any(encoded.token_type_ids is not None for encoded in self.encoded.values())
 
-    def dataset(self, split, batch_size, *, shuffle=False, seed=None, with_labels=True):
+    def dataset(self, split, batch_size, *, shuffle=False, seed=None, with_labels=True, bucket_by_length=False):
         """Return the tf.data pipeline of ``split``."""
         labels = self.label_ids[split] if with_labels else None
-        return make_dataset(self.encoded[split], labels, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return make_dataset(
+            self.encoded[split], labels, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            bucket_by_length=bucket_by_length,
+        )
+
+    def num_batches(self, split, batch_size, *, bucket_by_length=False):
+        """Return the batches in one pass of ``dataset(split, ...)`` with the same settings."""
+        lengths = self.encoded[split].lengths
+        return count_batches(lengths, batch_size, length_boundaries(lengths) if bucket_by_length else None)
 
 
 def _limit(examples, max_samples):
@@ -352,6 +361,14 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
     >>> result.results["test"]["accuracy"]
     0.97...
     """
+    from tfpeft.precision import precision_policy
+
+    config = build_config(config, overrides)
+    with precision_policy(config.mixed_precision):
+        return _train(config, train_data, validation_data, test_data, verbose)
+
+
+def _train(config, train_data, validation_data, test_data, verbose):
     from tfpeft import distributed, recovery
     from tfpeft.backbones import load_backbone
     from tfpeft.model import build_classifier
@@ -369,7 +386,6 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         write_json,
     )
 
-    config = build_config(config, overrides)
     progress = Progress(verbose)
     if config.output_dir is None:
         raise ConfigError("output_dir is not set: pass --output-dir (output_dir=...) for the run folder.")
@@ -401,7 +417,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
 
     train_batch_size = config.per_device_train_batch_size * num_replicas
     eval_batch_size = config.per_device_eval_batch_size * num_replicas
-    steps_per_epoch = math.ceil(len(data.splits["train"]) / train_batch_size)
+    steps_per_epoch = data.num_batches("train", train_batch_size, bucket_by_length=config.bucket_by_length)
 
     with strategy.scope():
         model = build_classifier(
@@ -417,6 +433,18 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         compile_classifier(model, config, steps_per_epoch * config.num_train_epochs)
     report = parameter_report(model, backbone)
     progress.block(f"Policy {policy.name}:\n{report.format()}")
+    # With a frozen bottom, fit trains a model of the top layers on cached features; it shares
+    # its variables with ``model``, which evaluation and saving use as always.
+    fit_model, fit_data = model, data
+    if config.feature_cache:
+        from tfpeft.features import prepare_feature_cache
+
+        progress.step("Computing or loading the frozen part's features")
+        with strategy.scope():
+            cached = prepare_feature_cache(model, backbone, policy, data, config)
+            if cached is not None:
+                fit_model, fit_data = cached.model, cached
+                compile_classifier(fit_model, config, steps_per_epoch * config.num_train_epochs)
 
     resume_state = recovery.prepare_run_folder(config, resuming, strategy, role)
     shared_dir = config.output_dir
@@ -433,11 +461,15 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
 
     # Every worker shuffles with the same seed, so the workers' parts of a global batch fit.
     # NOTE: a resumed run starts the shuffle sequence again at the first epoch's order.
-    train_dataset = distributed.shard_by_data(
-        data.dataset("train", train_batch_size, shuffle=True, seed=config.seed)
+    batching = dict(shuffle=True, seed=config.seed, bucket_by_length=config.bucket_by_length)
+    logger.info(
+        "Training batches: %.1f%% of token positions are padding (%s)",
+        100 * padding_share(data.dataset("train", train_batch_size, **batching)),
+        "bucketed by length" if config.bucket_by_length else "padded per batch",
     )
+    train_dataset = distributed.shard_by_data(fit_data.dataset("train", train_batch_size, **batching))
     callbacks, evaluation, epoch_log = _callbacks(
-        config, data, eval_batch_size, progress,
+        config, fit_data, eval_batch_size, progress,
         shared_dir=shared_dir, resume_state=resume_state, num_replicas=num_replicas,
     )
     first_epoch = resume_state.completed_epochs + 1 if resume_state else 1
@@ -453,7 +485,7 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
         )
     start = time.monotonic()
     with distributed.report_worker_failures(role, config.collective_timeout):
-        model.fit(
+        fit_model.fit(
             train_dataset,
             epochs=config.num_train_epochs,
             callbacks=callbacks,
@@ -461,6 +493,9 @@ def train(config=None, *, train_data=None, validation_data=None, test_data=None,
             class_weight=class_weight,
         )
     train_seconds = time.monotonic() - start
+    if fit_model is not model:
+        # The optimizer that trained the shared variables, with its step count and moments.
+        model.optimizer = fit_model.optimizer
     epochs_completed = len(epoch_log.epoch_logs)
 
     results = {

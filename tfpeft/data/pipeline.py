@@ -1,6 +1,8 @@
-"""Tokenize texts once, then feed them to Keras as a tf.data pipeline with per-batch padding."""
+"""Tokenize texts once, then feed them to Keras as a tf.data pipeline with per-batch padding,
+optionally batching texts of similar length together."""
 
 import dataclasses
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -169,7 +171,61 @@ def encode_texts_in_chunks(tokenizer, texts, max_seq_length, *, text_pairs=None,
     return EncodedTexts(input_ids, lengths, chunks[0].pad_token_id, token_type_ids, full_lengths)
 
 
-def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
+# Length buckets per training pipeline: enough to group similar lengths, few enough that the
+# partial batch each bucket leaves at the end of an epoch stays a small share of the steps.
+NUM_LENGTH_BUCKETS = 8
+
+
+def length_boundaries(lengths, num_buckets=NUM_LENGTH_BUCKETS):
+    """Return bucket boundaries that split ``lengths`` into about equally full buckets.
+
+    A boundary ``b`` ends a bucket before length ``b``, as ``bucket_by_sequence_length``
+    expects. Equal quantiles collapse into one boundary, so texts of one length make one bucket.
+    """
+    lengths = np.asarray(lengths)
+    if len(lengths) == 0:
+        return []
+    quantiles = np.quantile(lengths, np.linspace(0.0, 1.0, num_buckets + 1)[1:-1], method="higher")
+    boundaries = sorted({int(q) + 1 for q in quantiles})
+    return [b for b in boundaries if b <= int(lengths.max())]
+
+
+def count_batches(lengths, batch_size, boundaries=None):
+    """Return how many batches an epoch of ``make_dataset`` yields for texts of ``lengths``."""
+    lengths = np.asarray(lengths)
+    if not boundaries:
+        return int(math.ceil(len(lengths) / batch_size))
+    buckets = np.searchsorted(np.asarray(boundaries), lengths, side="right")
+    return int(sum(math.ceil(count / batch_size) for count in np.bincount(buckets) if count))
+
+
+def batch_examples(dataset, batch_size, padding_values, *, length_of, boundaries=None):
+    """Pad ``dataset``'s examples into batches, grouping similar lengths when ``boundaries`` is set.
+
+    Without boundaries, consecutive examples form a batch padded to its longest example. With
+    them, each example waits in the bucket of its length, and a bucket is emitted as a batch
+    once it holds ``batch_size`` examples; at the end of an epoch every bucket emits what it
+    holds, so every example comes exactly once. The order depends only on the input order.
+
+    Args:
+        dataset: a ``tf.data.Dataset`` of unbatched examples.
+        batch_size: int. Examples per batch.
+        padding_values: the ``padded_batch`` padding values, structured like an example.
+        length_of: function of an example's components that returns its length (a scalar).
+        boundaries: list of int or None. Bucket boundaries from ``length_boundaries``.
+    """
+    if not boundaries:
+        return dataset.padded_batch(batch_size, padding_values=padding_values)
+    return dataset.bucket_by_sequence_length(
+        length_of,
+        bucket_boundaries=list(boundaries),
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        padding_values=padding_values,
+        pad_to_bucket_boundary=False,
+    )
+
+
+def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None, bucket_by_length=False):
     """Build a ``tf.data.Dataset`` of ``({"input_ids", "attention_mask"}, label)`` batches.
 
     Each batch is padded to its own longest text, not to ``max_seq_length``, so batches of
@@ -182,6 +238,9 @@ def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
         batch_size: int. Examples per batch.
         shuffle: bool. Shuffle the examples before batching.
         seed: int or None. The shuffle seed.
+        bucket_by_length: bool. Batch texts of similar length together (see
+            ``batch_examples``), which cuts the padding the backbone computes on. Batches then
+            vary in size at the end of each epoch; ``count_batches`` gives their number.
     """
     with_type_ids = encoded.token_type_ids is not None
     tensors = (encoded.input_ids, encoded.lengths)
@@ -211,5 +270,24 @@ def make_dataset(encoded, labels=None, *, batch_size, shuffle=False, seed=None):
         padding_values["token_type_ids"] = 0
     if labels is not None:
         padding_values = (padding_values, 0)
-    dataset = dataset.padded_batch(batch_size, padding_values=padding_values)
+    boundaries = length_boundaries(encoded.lengths) if bucket_by_length else None
+    dataset = batch_examples(
+        dataset, batch_size, padding_values,
+        length_of=lambda features, *label: tf.shape(features["attention_mask"])[0],
+        boundaries=boundaries,
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def padding_share(dataset):
+    """Return the share of padding among the token positions of one pass over ``dataset``.
+
+    ``dataset`` yields ``make_dataset`` batches; only their attention masks are read.
+    """
+    real = total = 0
+    for batch in dataset:
+        features = batch[0] if isinstance(batch, tuple) else batch
+        mask = features["attention_mask"].numpy()
+        real += int(mask.sum())
+        total += mask.size
+    return 1.0 - real / total if total else 0.0

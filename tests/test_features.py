@@ -1,0 +1,181 @@
+"""The feature cache: same weights as training the full model, never a stale cache, LRU eviction."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tf_keras
+
+import tfpeft
+import tiny
+from tfpeft.config import TrainingConfig
+from tfpeft.features import (
+    Cut,
+    FeatureStore,
+    build_top_model,
+    compute_features,
+    find_cut,
+    prepare_feature_cache,
+)
+from tfpeft.policies import apply_policy, parse_policy
+from tfpeft.training import prepare_data
+
+
+def _train(folder, csv, output_dir, policy, feature_cache):
+    return tfpeft.train(
+        model_name_or_path=folder, train_file=csv, output_dir=output_dir, policy=policy,
+        feature_cache=feature_cache, num_train_epochs=2, max_seq_length=32,
+        per_device_train_batch_size=8, classifier_dropout=0.0, learning_rate=1e-2, seed=3,
+        save_strategy="no", verbose=0,
+    )
+
+
+@pytest.mark.parametrize("policy", ["head", "last_n:1", "last_n:2"])
+def test_cache_matches_naive_weights(policy, tiny_bert_no_dropout_dir, toy_csv, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+        cached = _train(tiny_bert_no_dropout_dir, toy_csv, str(tmp_path / "cached"), policy, True)
+    assert any("Feature cache: computed" in record.getMessage() for record in caplog.records)
+    naive = _train(tiny_bert_no_dropout_dir, toy_csv, str(tmp_path / "naive"), policy, False)
+
+    cached_weights = cached.classifier.model.get_weights()
+    naive_weights = naive.classifier.model.get_weights()
+    assert len(cached_weights) == len(naive_weights)
+    for ours, theirs in zip(cached_weights, naive_weights):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    # Training moved the head, so the comparison is not between two untrained models.
+    start = tfpeft.build_classifier(tfpeft.load_backbone(tiny_bert_no_dropout_dir), 3)
+    assert not np.allclose(cached.classifier.model.get_layer("head").get_weights()[1], 0)
+    assert len(start.get_weights()) == len(cached_weights)
+    assert cached.results["history"]["loss"] == pytest.approx(naive.results["history"]["loss"], abs=1e-5)
+    for key in ("loss", "accuracy", "macro_f1"):
+        assert cached.results["test"][key] == pytest.approx(naive.results["test"][key], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bert_setup(tiny_bert_dir, toy_csv):
+    backbone = tfpeft.load_backbone(tiny_bert_dir)
+    config = TrainingConfig(model_name_or_path=tiny_bert_dir, train_file=toy_csv, max_seq_length=32, policy="last_n:1")
+    data = prepare_data(config, backbone.tokenizer)
+    model = tfpeft.build_classifier(backbone, data.label_map.num_labels)
+    policy = apply_policy(backbone, config.policy)
+    return backbone, model, policy, data, config
+
+
+def test_stale_cache_is_not_used(bert_setup, tmp_path, caplog):
+    backbone, model, policy, data, config = bert_setup
+    store = FeatureStore(str(tmp_path / "cache"), size_limit=2**30)
+
+    def run(data):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+            cached = prepare_feature_cache(model, backbone, policy, data, config, store=store)
+        messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Feature cache")]
+        return cached, [message.split(":")[1].split()[0] for message in messages]
+
+    first, actions = run(data)
+    assert actions == ["computed"] * 3 and store.info()["files"] == 3
+    again, actions = run(data)
+    assert actions == ["reused"] * 3
+    np.testing.assert_array_equal(again.arrays["train"]["values"], first.arrays["train"]["values"])
+
+    # Other texts in the training split: only that split is computed again.
+    changed = prepare_data(config.replace(max_train_samples=30), backbone.tokenizer, splits=data.splits)
+    _, actions = run(changed)
+    assert actions == ["computed", "reused", "reused"]
+
+    # Changed backbone weights: every split is computed again, and the features follow them.
+    table = backbone.embeddings.weights[0]
+    saved = table.numpy()
+    try:
+        # Random, not a constant shift, which the embeddings' LayerNorm would take out again.
+        table.assign(saved + np.random.default_rng(0).normal(size=saved.shape).astype(np.float32))
+        updated, actions = run(data)
+        assert actions == ["computed"] * 3
+        fresh = compute_features(model, backbone, Cut("hidden", 1), data.encoded["train"])
+        np.testing.assert_allclose(updated.arrays["train"]["values"], fresh["values"], atol=1e-6)
+        assert not np.allclose(updated.arrays["train"]["values"], first.arrays["train"]["values"], atol=1e-3)
+    finally:
+        table.assign(saved)
+    assert store.info()["files"] == 7
+
+
+def test_least_recently_used_file_is_evicted(tmp_path):
+    store = FeatureStore(str(tmp_path), size_limit=10**9)
+    arrays = {"values": np.zeros(1000, np.float32)}
+    for index, key in enumerate(["a", "b", "c"]):
+        store.save(key, arrays)
+        os.utime(store.path(key), (1000 + index, 1000 + index))
+    store.load("a")  # now the most recently used
+    size = os.path.getsize(store.path("a"))
+    store.size_limit = 3 * size
+    store.save("d", arrays)
+    assert sorted(os.path.basename(path) for path, _, _ in store.entries()) == ["a.npz", "c.npz", "d.npz"]
+    assert store.clear() == 3 and store.info()["files"] == 0
+
+
+def test_find_cut_rules(bert_setup, tiny_family_dir, caplog):
+    backbone = bert_setup[0]
+    assert find_cut(backbone, parse_policy("head"), "mean") == Cut("pooled", 2)
+    assert find_cut(backbone, parse_policy("last_n:1"), "mean") == Cut("hidden", 1)
+    assert find_cut(backbone, parse_policy("last_n:0"), "pooler") == Cut("pooled", 2)
+    assert find_cut(backbone, parse_policy("last_n:1"), "pooler") == Cut("hidden", 1)
+    assert find_cut(backbone, parse_policy("bitfit"), "mean") is None
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+        assert find_cut(backbone, parse_policy("head"), "mean", frozen_dropout=True) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "Feature cache off: frozen_dropout=True makes the frozen part random while training"
+    ]
+    gpt2 = tfpeft.load_backbone(tiny_family_dir("gpt2"))
+    assert find_cut(gpt2, parse_policy("head"), "last") == Cut("pooled", 2)
+    assert find_cut(gpt2, parse_policy("last_n:1"), "last") is None
+
+
+@pytest.mark.parametrize("model_type, policy", [
+    ("roberta", "last_n:1"), ("electra", "last_n:2"), ("distilbert", "head"), ("t5", "head"),
+])
+def test_top_model_matches_full_model(model_type, policy, tiny_family_dir):
+    backbone = tfpeft.load_backbone(tiny_family_dir(model_type))
+    pooling = backbone.spec.poolings[0]
+    model = tfpeft.build_classifier(backbone, 3, pooling=pooling)
+    policy = apply_policy(backbone, policy, pooling=pooling)
+    cut = find_cut(backbone, policy, pooling)
+    texts, _ = tiny.toy_examples(num_per_class=4)
+    encoded = tfpeft.data.encode_texts(backbone.tokenizer, texts, 24)
+    features = compute_features(model, backbone, cut, encoded)
+    top = build_top_model(model, backbone, cut, pooling)
+
+    mask = (np.arange(encoded.input_ids.shape[1])[None, :] < encoded.lengths[:, None]).astype(np.int32)
+    expected = model({"input_ids": encoded.input_ids, "attention_mask": mask}, training=False).numpy()
+    if cut.kind == "pooled":
+        inputs = {"features": features["values"]}
+    else:
+        rows = np.split(features["values"], np.cumsum(encoded.lengths)[:-1])
+        padded = np.zeros((len(rows), mask.shape[1], backbone.hidden_dim), np.float32)
+        for index, row in enumerate(rows):
+            padded[index, : len(row)] = row
+        inputs = {"features": padded, "attention_mask": mask}
+    np.testing.assert_allclose(top(inputs, training=False).numpy(), expected, atol=1e-5)
+    assert {id(v) for v in top.trainable_variables} <= {id(v) for v in model.trainable_variables}
+    assert tf_keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_cache_command(tmp_path, monkeypatch, capsys):
+    from tfpeft.cli import main
+
+    monkeypatch.setenv("TFPEFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TFPEFT_CACHE_SIZE_MB", "1")
+    FeatureStore().save("k", {"values": np.zeros(1000, np.float32)})
+    assert main(["cache", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["folder"] == str(tmp_path / "features") and info["files"] == 1
+    assert info["bytes"] == os.path.getsize(tmp_path / "features" / "k.npz")
+    assert info["size_limit_bytes"] == 2**20
+    assert main(["cache", "clear"]) == 0
+    assert "Deleted 1 feature cache files" in capsys.readouterr().out
+    assert FeatureStore().info()["files"] == 0
+    monkeypatch.setenv("TFPEFT_CACHE_SIZE_MB", "lots")
+    assert main(["cache", "info"]) == 1
+    assert "TFPEFT_CACHE_SIZE_MB='lots'" in capsys.readouterr().err

@@ -1,0 +1,434 @@
+"""Feature caching: run the frozen bottom of the backbone once, train the top on its output.
+
+Under ``head`` and ``last_n:K`` the bottom of the network (the embeddings and the lower
+blocks) is frozen and runs in inference mode, so its output depends only on the input. This
+module splits the classifier at the cut, the first depth that trains:
+
+- for ``head`` the whole backbone is frozen, and the cache holds the pooled features, one
+  vector per text, on every registered family;
+- for ``last_n:K`` on families whose blocks take BERT's call (``BERT_STYLE_FAMILIES``), the
+  cache holds the hidden states that enter the first trained block, one row per real token.
+
+A small Keras model (``TopModel``) then runs only the trained blocks, the pooling and the head
+on the cached tensors. It is built from the full classifier's own layers, so training it
+updates the full classifier's variables: evaluation, saving and export see the trained
+weights with nothing copied back. With ``frozen_dropout=True`` the frozen bottom is random
+while training, and the cache is off.
+
+Caches live in ``TFPEFT_CACHE_DIR`` (default ``~/.cache/tfpeft``, or ``$XDG_CACHE_HOME/tfpeft``),
+one ``.npz`` file per split and cut, named by a hash of everything the features depend on:
+the backbone weights, the tokenizer, the token ids of the split (which follow from the texts,
+``max_seq_length`` and the truncation), the cut and the dtype policy. Any change gives another
+name, so a stale cache is never read. The folder is kept under ``TFPEFT_CACHE_SIZE_MB``
+(default 8192) by deleting the least recently used files.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfpeft.data.pipeline import batch_examples, length_boundaries
+from tfpeft.errors import ConfigError
+
+logger = logging.getLogger("tfpeft.features")
+
+CACHE_DIR_VARIABLE = "TFPEFT_CACHE_DIR"
+CACHE_SIZE_VARIABLE = "TFPEFT_CACHE_SIZE_MB"
+DEFAULT_CACHE_SIZE_MB = 8192
+# Bumped whenever the file layout or what a key covers changes, so old files are never read.
+CACHE_FORMAT = 1
+# Families whose blocks are called as block(hidden_states, extended_mask, head_mask,
+# encoder_hidden_states, encoder_attention_mask, past_key_value, output_attentions), with the
+# additive mask (1 - mask) * -10000 that their main layers build.
+BERT_STYLE_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra")
+
+
+def cache_dir():
+    """Return the feature cache folder: ``TFPEFT_CACHE_DIR`` or the user's cache folder."""
+    folder = os.environ.get(CACHE_DIR_VARIABLE)
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        folder = os.path.join(base, "tfpeft")
+    return os.path.join(os.path.expanduser(folder), "features")
+
+
+def cache_size_limit():
+    """Return the cache size limit in bytes, from ``TFPEFT_CACHE_SIZE_MB``."""
+    value = os.environ.get(CACHE_SIZE_VARIABLE)
+    if value is None:
+        return DEFAULT_CACHE_SIZE_MB * 2**20
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1
+    if megabytes < 0:
+        raise ConfigError(
+            f"{CACHE_SIZE_VARIABLE}={value!r} is not a size: set it to megabytes, e.g. "
+            f"{DEFAULT_CACHE_SIZE_MB}, or unset it."
+        )
+    return int(megabytes * 2**20)
+
+
+class FeatureStore:
+    """A folder of cached feature files with a size limit and least-recently-used eviction.
+
+    A read refreshes a file's modification time, which eviction takes as its last use.
+
+    Args:
+        folder: str or None. Default ``cache_dir()``.
+        size_limit: int or None. Bytes; default ``cache_size_limit()``.
+    """
+
+    def __init__(self, folder=None, size_limit=None):
+        self.folder = folder or cache_dir()
+        self.size_limit = cache_size_limit() if size_limit is None else size_limit
+
+    def path(self, key):
+        return os.path.join(self.folder, f"{key}.npz")
+
+    def load(self, key):
+        """Return the arrays stored under ``key``, or None when there is no such file."""
+        path = self.path(key)
+        try:
+            with np.load(path) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            # A file cut short by a full disk or a killed process is computed again.
+            logger.warning("Ignoring the unreadable feature cache %s (%s)", path, error)
+            return None
+        os.utime(path)
+        return arrays
+
+    def save(self, key, arrays):
+        """Store ``arrays`` under ``key``, then evict old files beyond the size limit."""
+        os.makedirs(self.folder, exist_ok=True)
+        # Written beside the final name and renamed, so a reader never sees half a file.
+        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, **arrays)
+            os.replace(temporary, self.path(key))
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        self.evict(keep=key)
+
+    def entries(self):
+        """Return ``(path, bytes, last use)`` of every cache file, least recently used first."""
+        if not os.path.isdir(self.folder):
+            return []
+        found = []
+        for name in os.listdir(self.folder):
+            if name.endswith(".npz"):
+                path = os.path.join(self.folder, name)
+                status = os.stat(path)
+                found.append((path, status.st_size, status.st_mtime))
+        return sorted(found, key=lambda entry: entry[2])
+
+    def evict(self, keep=None):
+        """Delete the least recently used files until the folder fits the size limit."""
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        for path, size, _ in entries:
+            if total <= self.size_limit:
+                break
+            if keep is not None and path == self.path(keep):
+                continue
+            os.remove(path)
+            total -= size
+            logger.info("Evicted the feature cache %s (%d bytes) to stay under the size limit", path, size)
+
+    def info(self):
+        """Return the folder, the number of files, their bytes and the size limit."""
+        entries = self.entries()
+        return {
+            "folder": self.folder,
+            "files": len(entries),
+            "bytes": sum(size for _, size, _ in entries),
+            "size_limit_bytes": self.size_limit,
+        }
+
+    def clear(self):
+        """Delete every cache file; return how many were deleted."""
+        entries = self.entries()
+        for path, _, _ in entries:
+            os.remove(path)
+        return len(entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """Where the classifier is split: ``pooled`` features, or hidden states at ``depth``."""
+
+    kind: str  # "pooled" or "hidden"
+    depth: int
+
+    def describe(self, backbone):
+        if self.kind == "pooled":
+            return "the pooled features of the frozen backbone"
+        return f"the hidden states entering block {self.depth} of {backbone.num_blocks}"
+
+
+def find_cut(backbone, policy, pooling, frozen_dropout=False):
+    """Return the ``Cut`` for ``policy``, or None (with one log line) where caching cannot apply."""
+    if frozen_dropout:
+        logger.info("Feature cache off: frozen_dropout=True makes the frozen part random while training")
+        return None
+    if policy.kind not in ("head", "last_n"):
+        logger.info("Feature cache off: policy %s trains variables throughout the backbone", policy.name)
+        return None
+    trained = policy.trainable_part_names(backbone, pooling)
+    if not trained:
+        return Cut("pooled", backbone.num_blocks)
+    model_type = backbone.config.model_type
+    if model_type not in BERT_STYLE_FAMILIES:
+        logger.info(
+            "Feature cache off: policy %s trains blocks of a %s backbone, whose blocks tfpeft can "
+            "run apart only for %s",
+            policy.name, model_type, ", ".join(BERT_STYLE_FAMILIES),
+        )
+        return None
+    depth = backbone.num_blocks - (policy.num_blocks or 0)
+    expected = {f"block_{d}" for d in range(depth, backbone.num_blocks)}
+    if pooling == "pooler":
+        expected.add("pooler")
+    if trained != expected:
+        logger.info("Feature cache off: policy %s trains parts %s below the cut", policy.name, sorted(trained - expected))
+        return None
+    return Cut("hidden", depth)
+
+
+def _hash_arrays(digest, arrays):
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+
+
+def backbone_fingerprint(backbone):
+    """Return a SHA-256 of the backbone's weights, with their stable names, and its tokenizer."""
+    digest = hashlib.sha256()
+    for name, variable in backbone.named_variables():
+        digest.update(name.encode())
+        _hash_arrays(digest, [variable.numpy()])
+    tokenizer = backbone.tokenizer
+    vocabulary = sorted(tokenizer.get_vocab().items())
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(json.dumps(vocabulary, ensure_ascii=False).encode())
+    digest.update(json.dumps(tokenizer.model_input_names).encode())
+    return digest.hexdigest()
+
+
+def feature_key(backbone_hash, encoded, cut, settings):
+    """Return the cache key of one split's features: a hex SHA-256.
+
+    Args:
+        backbone_hash: str. ``backbone_fingerprint`` of the backbone.
+        encoded: ``EncodedTexts`` of the split.
+        cut: ``Cut``.
+        settings: dict. Everything else the features depend on (pooling, max_seq_length,
+            truncation, dtype policy).
+    """
+    digest = hashlib.sha256()
+    header = {"format": CACHE_FORMAT, "backbone": backbone_hash, "cut": dataclasses.asdict(cut), **settings}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    arrays = [encoded.input_ids, encoded.lengths]
+    if encoded.token_type_ids is not None:
+        arrays.append(encoded.token_type_ids)
+    _hash_arrays(digest, arrays)
+    return digest.hexdigest()
+
+
+def _input_batches(encoded, batch_size):
+    """Yield the model inputs of ``encoded``, in order, padded per batch."""
+    for start in range(0, len(encoded), batch_size):
+        lengths = encoded.lengths[start : start + batch_size]
+        width = max(int(lengths.max()), 1)
+        inputs = {
+            "input_ids": encoded.input_ids[start : start + batch_size, :width],
+            "attention_mask": (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32),
+        }
+        if encoded.token_type_ids is not None:
+            inputs["token_type_ids"] = encoded.token_type_ids[start : start + batch_size, :width]
+        yield lengths, inputs
+
+
+def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids=False):
+    """Run the frozen bottom over ``encoded`` in inference mode; return the feature arrays.
+
+    Returns a dict: ``values`` (float32; one row per text for pooled features, one row per real
+    token, texts one after another, for hidden states) and ``lengths`` (tokens per text).
+    """
+    if cut.kind == "pooled":
+        bottom = tf_keras.Model(model.inputs, model.get_layer("head_dropout").input)
+        run = tf.function(lambda inputs: bottom(inputs, training=False), reduce_retracing=True)
+    else:
+        call_arguments = dict(backbone.spec.call_arguments)
+
+        def hidden_at_cut(inputs):
+            outputs = backbone.main_layer(**inputs, **call_arguments, output_hidden_states=True, training=False)
+            return outputs.hidden_states[cut.depth]
+
+        run = tf.function(hidden_at_cut, reduce_retracing=True)
+    values = []
+    for lengths, inputs in _input_batches(encoded, batch_size):
+        if not with_type_ids:
+            inputs.pop("token_type_ids", None)
+        output = tf.cast(run({k: tf.constant(v) for k, v in inputs.items()}), tf.float32).numpy()
+        if cut.kind == "pooled":
+            values.append(output)
+        else:
+            values.extend(row[:length] for row, length in zip(output, lengths))
+    if values:
+        values = np.concatenate(values)
+    else:
+        values = np.zeros((0, backbone.hidden_dim), np.float32)
+    return {"values": values.astype(np.float32), "lengths": encoded.lengths.astype(np.int32)}
+
+
+class ExtendedAttentionMask(tf_keras.layers.Layer):
+    """Turn a ``[batch, length]`` mask into the additive ``[batch, 1, 1, length]`` mask of BERT."""
+
+    def call(self, attention_mask):
+        mask = tf.cast(attention_mask, self.compute_dtype)[:, tf.newaxis, tf.newaxis, :]
+        return (1.0 - mask) * -10000.0
+
+
+class TopBlocks(tf_keras.layers.Layer):
+    """Run a backbone's blocks from the cut up on cached hidden states (BERT-style families)."""
+
+    def __init__(self, blocks, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = list(blocks)
+
+    def call(self, hidden_states, extended_mask, training=None):
+        for block in self.blocks:
+            hidden_states = block(hidden_states, extended_mask, None, None, None, None, False, training=training)[0]
+        return hidden_states
+
+
+def build_top_model(model, backbone, cut, pooling):
+    """Return a tf_keras model that runs what trains above ``cut``, sharing ``model``'s layers.
+
+    Its inputs are ``{"features"}`` for pooled features and ``{"features", "attention_mask"}``
+    for hidden states; its output is the logits of ``model``.
+    """
+    head_dropout, head = model.get_layer("head_dropout"), model.get_layer("head")
+    width = backbone.hidden_dim
+    if cut.kind == "pooled":
+        features = tf_keras.Input(shape=(width,), dtype=tf.float32, name="features")
+        logits = head(head_dropout(features))
+        return tf_keras.Model({"features": features}, logits, name="top_of_classifier")
+
+    features = tf_keras.Input(shape=(None, width), dtype=tf.float32, name="features")
+    mask = tf_keras.Input(shape=(None,), dtype=tf.int32, name="attention_mask")
+    hidden = TopBlocks(backbone.blocks[cut.depth:], name="top_blocks")(features, ExtendedAttentionMask()(mask))
+    if pooling == "pooler":
+        pooled = backbone.pooler(hidden)
+    else:
+        pooled = model.get_layer(f"{pooling}_pooling")(hidden, mask)
+    logits = head(head_dropout(pooled))
+    return tf_keras.Model({"features": features, "attention_mask": mask}, logits, name="top_of_classifier")
+
+
+class CachedFeatures:
+    """The cached features of every split and the top model that trains on them.
+
+    Built by ``prepare_feature_cache``. ``dataset`` mirrors ``PreparedData.dataset``: the same
+    seed and bucketing give the same examples in the same batches, so a run on the cache takes
+    the same steps as one on the token ids.
+    """
+
+    def __init__(self, cut, top_model, arrays, data):
+        self.cut = cut
+        self.model = top_model
+        self.arrays = arrays  # split name -> {"values", "lengths"}
+        self.data = data
+
+    @property
+    def splits(self):
+        return self.data.splits
+
+    @property
+    def label_ids(self):
+        return self.data.label_ids
+
+    @property
+    def label_map(self):
+        return self.data.label_map
+
+    def dataset(self, split, batch_size, *, shuffle=False, seed=None, with_labels=True, bucket_by_length=False):
+        """Return a ``tf.data`` pipeline of ``split``'s cached features for ``self.model``."""
+        values, lengths = self.arrays[split]["values"], self.arrays[split]["lengths"]
+        if self.cut.kind == "hidden":
+            values = tf.RaggedTensor.from_row_lengths(values, lengths.astype(np.int64))
+        tensors = (values, lengths)
+        if with_labels:
+            tensors += (np.asarray(self.data.label_ids[split], dtype=np.int32),)
+        dataset = tf.data.Dataset.from_tensor_slices(tensors)
+        if shuffle:
+            dataset = dataset.shuffle(len(lengths), seed=seed, reshuffle_each_iteration=True)
+        if self.cut.kind == "hidden":
+            dataset = dataset.map(lambda value, *rest: (value.to_tensor() if isinstance(value, tf.RaggedTensor) else value, *rest))
+        padding_values = (tf.constant(0.0), 0) + ((0,) if with_labels else ())
+        dataset = batch_examples(
+            dataset, batch_size, padding_values,
+            length_of=lambda value, length, *label: length,
+            boundaries=length_boundaries(lengths) if bucket_by_length else None,
+        )
+        hidden = self.cut.kind == "hidden"
+
+        def to_inputs(value, length, *label):
+            features = {"features": value}
+            if hidden:
+                features["attention_mask"] = tf.sequence_mask(length, tf.shape(value)[1], dtype=tf.int32)
+            return (features, label[0]) if label else features
+
+        return dataset.map(to_inputs).prefetch(tf.data.AUTOTUNE)
+
+
+def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, batch_size=64):
+    """Compute or load the features of every split; return ``CachedFeatures`` or None.
+
+    None means training runs on the full model: the cache is switched off in ``config``, or
+    ``find_cut`` found no cut for this policy and family (it logs why).
+    """
+    if not config.feature_cache:
+        return None
+    cut = find_cut(backbone, policy, config.pooling, config.frozen_dropout)
+    if cut is None:
+        return None
+    store = store or FeatureStore()
+    backbone_hash = backbone_fingerprint(backbone)
+    settings = {
+        "model_type": backbone.config.model_type,
+        "pooling": config.pooling,
+        "max_seq_length": config.max_seq_length,
+        "truncation": config.truncation,
+        "dtype_policy": tf_keras.mixed_precision.global_policy().name,
+        "token_type_ids": data.token_type_ids,
+    }
+    arrays = {}
+    for split, encoded in data.encoded.items():
+        key = feature_key(backbone_hash, encoded, cut, settings)
+        stored = store.load(key)
+        if stored is None:
+            stored = compute_features(model, backbone, cut, encoded, batch_size, data.token_type_ids)
+            store.save(key, stored)
+            logger.info("Feature cache: computed %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
+        else:
+            logger.info("Feature cache: reused %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
+        arrays[split] = stored
+    top_model = build_top_model(model, backbone, cut, config.pooling)
+    return CachedFeatures(cut, top_model, arrays, data)
