@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not minilm" tests
+	$(BIN)/python -m pytest -q -m "not minilm and not slow" tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

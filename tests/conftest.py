@@ -50,3 +50,26 @@ def tiny_family_dir(tmp_path_factory):
         return folders[model_type]
 
     return folder
+
+
+# Modules whose tests start worker processes, train several models each or run real searches;
+# `make test-fast` leaves them out (-m "not minilm and not slow"), `make test` runs them.
+SLOW_MODULES = {
+    "test_distributed",
+    "test_recovery",
+    "test_launcher",
+    "test_export",
+    "test_graph_tokenizers",
+    "test_tuning",
+    "test_features",
+    "test_lora",
+    "test_tfds",
+    "test_policy_runs",
+    "test_policy_table_script",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

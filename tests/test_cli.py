@@ -57,7 +57,7 @@ def test_inspect_json_counts(tiny_bert_dir, capsys):
     assert report["trainable_params"] == 2224 + 51
     assert report["total_params"] == 7459
     assert [part["name"] for part in report["parts"]] == ["embeddings", "block_0", "block_1", "pooler", "head"]
-    assert report["parts"][2] == {"name": "block_1", "trainable": 2224, "total": 2224}
+    assert report["parts"][2] == {"name": "block_1", "trainable": 2224, "total": 2224, "lora": 0}
 
 
 def test_inspect_bad_policy_is_clear_error(tiny_bert_dir, capsys):

@@ -107,7 +107,7 @@ def test_rerun_resumes_without_new_trials(random_search, settings):
 
 def test_different_search_refused(random_search, settings):
     output_dir, _ = random_search
-    with pytest.raises(OutputDirError, match=r"holds a different search \(options max_trials: 3 there, 4 now\)"):
+    with pytest.raises(OutputDirError, match=r"contains a different search \(options max_trials: 3 there, 4 now\)"):
         tfpeft.tune(output_dir=output_dir, space=SPACE, options=TuningOptions(max_trials=4), **settings)
 
 

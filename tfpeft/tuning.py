@@ -531,14 +531,14 @@ def _prepare_tuning_dir(config, identity):
         if not config.overwrite_output_dir:
             differing = _first_difference(previous, identity)
             raise OutputDirError(
-                f"{config.output_dir!r} holds a different search ({differing}). Choose another "
+                f"{config.output_dir!r} contains a different search ({differing}). Choose another "
                 "--output-dir, or pass --overwrite-output-dir to delete that search and start over."
             )
         shutil.rmtree(tuning_dir)
         shutil.rmtree(os.path.join(config.output_dir, BEST_RUN_DIR), ignore_errors=True)
     elif os.path.isdir(config.output_dir) and os.listdir(config.output_dir):
         raise OutputDirError(
-            f"output_dir {config.output_dir!r} is not empty and holds no tfpeft search. Choose a "
+            f"output_dir {config.output_dir!r} is not empty and contains no tfpeft search. Choose a "
             "new folder for the search."
         )
     os.makedirs(tuning_dir, exist_ok=True)
