@@ -264,8 +264,10 @@ def _input_batches(encoded, batch_size):
         yield lengths, inputs
 
 
-def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids=False):
+def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids=False, task=None):
     """Run the frozen bottom over ``encoded`` in inference mode; return the feature arrays.
+
+    ``task``, a ``tfpeft.progress.ProgressTask`` or None, is advanced by the texts of each batch.
 
     Returns a dict: ``values`` (float32; one row per text for pooled features, one row per real
     token, texts one after another, for hidden states) and ``lengths`` (tokens per text).
@@ -290,6 +292,8 @@ def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids
             values.append(output)
         else:
             values.extend(row[:length] for row, length in zip(output, lengths))
+        if task is not None:
+            task.advance(len(lengths))
     if values:
         values = np.concatenate(values)
     else:
@@ -398,7 +402,7 @@ class CachedFeatures:
         return dataset.map(to_inputs).prefetch(tf.data.AUTOTUNE)
 
 
-def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, batch_size=64):
+def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, batch_size=64, progress=None):
     """Compute or load the features of every split; return ``CachedFeatures`` or None.
 
     None means training runs on the full model: the cache is switched off in ``config``, or
@@ -424,7 +428,8 @@ def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, 
         key = feature_key(backbone_hash, encoded, cut, settings)
         stored = store.load(key)
         if stored is None:
-            stored = compute_features(model, backbone, cut, encoded, batch_size, data.token_type_ids)
+            task = progress.task(f"Features of the {split} split", len(encoded), "texts") if progress else None
+            stored = compute_features(model, backbone, cut, encoded, batch_size, data.token_type_ids, task=task)
             store.save(key, stored)
             logger.info("Feature cache: computed %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
         else:

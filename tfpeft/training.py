@@ -441,7 +441,7 @@ def _train(config, train_data, validation_data, test_data, verbose):
 
         progress.step("Computing or loading the frozen part's features")
         with strategy.scope():
-            cached = prepare_feature_cache(model, backbone, policy, data, config)
+            cached = prepare_feature_cache(model, backbone, policy, data, config, progress=progress)
             if cached is not None:
                 fit_model, fit_data = cached.model, cached
                 compile_classifier(fit_model, config, steps_per_epoch * config.num_train_epochs)

@@ -299,6 +299,8 @@ class _Search:
         self.tuning_dir = tuning_dir
         self.progress = progress
         self.trials_run = 0
+        # Set by `tune` once the trial count is known; None prints no trial count.
+        self.trial_task = None
 
         with strategy.scope():
             tf_keras.utils.set_random_seed(base_config.seed)
@@ -341,7 +343,14 @@ class _Search:
         summary = self.read_summary(trial.trial_id)
         summary.update(status="FAILED", error=str(error))
         self._write_summary(trial.trial_id, summary)
-        self.progress.step(f"Trial {trial.trial_id} failed: {error}")
+        self._report_trial_end(f"trial {trial.trial_id} failed: {error}")
+
+    def _report_trial_end(self, detail):
+        """Print a finished trial with the trials done, the elapsed and the remaining time."""
+        if self.trial_task is None:
+            self.progress.step(detail[0].upper() + detail[1:])
+        else:
+            self.trial_task.advance(1, detail=detail, force=True)
 
     def _reset_weights(self, values):
         """Restore the initial weights, or a Hyperband trial's own earlier weights."""
@@ -475,7 +484,7 @@ class _Search:
             resident_memory_mb=round(_resident_memory_mb(), 1),
         )
         self._write_summary(trial.trial_id, summary)
-        self.progress.step(f"Trial {trial.trial_id}: {self.options.objective} {objective:.4f}")
+        self._report_trial_end(f"trial {trial.trial_id}: {self.options.objective} {objective:.4f}")
         return {self.options.objective: objective}
 
     def write_trials(self, oracle):
@@ -505,6 +514,22 @@ class _Search:
             writer.writeheader()
             writer.writerows(rows)
         return rows
+
+
+def _planned_trials(options, space):
+    """Return how many trials the search runs in all, or 0 where the oracle decides (Hyperband)."""
+    if options.tuner == "hyperband":
+        return 0
+    if options.tuner != "grid":
+        return options.max_trials or 10
+    combinations = 1
+    for parameter in space:
+        if parameter.kind == "choice":
+            combinations *= len(parameter.values)
+        else:
+            step = parameter.step or 1
+            combinations *= int(round((parameter.max_value - parameter.min_value) / step)) + 1
+    return min(combinations, options.max_trials or combinations)
 
 
 def _search_identity(config, options, space):
@@ -651,6 +676,9 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
         oracle, search, directory=tuning_dir, project_name=PROJECT_NAME, overwrite=False
     )
     progress.step(f"Searching with the {options.tuner} tuner, objective {options.objective}")
+    num_trials = _planned_trials(options, space)
+    remaining = num_trials - len(tuner.oracle.trials) if num_trials else 0
+    search.trial_task = progress.task("Trials", max(remaining, 0), "trials")
     try:
         tuner.search(verbose=0)
     except RuntimeError as error:
