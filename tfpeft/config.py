@@ -270,14 +270,7 @@ class TrainingConfig:
     @classmethod
     def from_toml(cls, path, **overrides):
         """Read a TOML file; keyword arguments that are not None override its values."""
-        try:
-            with open(path, "rb") as file:
-                values = tomllib.load(file)
-        except FileNotFoundError:
-            raise ConfigError(f"The config file {path!r} does not exist.") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"The config file {path!r} is not valid TOML: {error}") from error
-        return cls.from_dict(values, source=path, **overrides)
+        return cls.from_dict(read_toml(path), source=path, **overrides)
 
     @classmethod
     def from_dict(cls, values, *, source="keyword arguments", **overrides):
@@ -343,6 +336,17 @@ def _init_with_deprecated_names(self, *args, **kwargs):
 
 
 TrainingConfig.__init__ = _init_with_deprecated_names
+
+
+def read_toml(path):
+    """Return the tables of a TOML file; a missing or invalid file raises ``ConfigError``."""
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"The config file {path!r} does not exist.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"The config file {path!r} is not valid TOML: {error}") from error
 
 
 def field_type(field):

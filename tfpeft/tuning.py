@@ -732,15 +732,9 @@ def read_tuning_file(path):
         ``TrainingConfig.from_dict``, ``{name: spec}`` for ``parse_space`` and the
         ``TuningOptions`` fields.
     """
-    import tomllib
+    from tfpeft.config import read_toml
 
-    try:
-        with open(path, "rb") as file:
-            settings = tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(f"The config file {path!r} does not exist.") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"The config file {path!r} is not valid TOML: {error}") from error
+    settings = read_toml(path)
     space_specs = settings.pop("search", {})
     option_values = settings.pop("tuning", {})
     known = {field.name for field in dataclasses.fields(TuningOptions)}
