@@ -75,7 +75,8 @@ def test_stale_cache_is_not_used(bert_setup, tmp_path, caplog):
         return cached, [message.split(":")[1].split()[0] for message in messages]
 
     first, actions = run(data)
-    assert actions == ["computed"] * 3 and store.info()["files"] == 3
+    assert actions == ["computed"] * 3
+    assert store.info()["files"] == 3
     again, actions = run(data)
     assert actions == ["reused"] * 3
     np.testing.assert_array_equal(again.arrays["train"]["values"], first.arrays["train"]["values"])
@@ -112,7 +113,8 @@ def test_least_recently_used_file_is_evicted(tmp_path):
     store.size_limit = 3 * size
     store.save("d", arrays)
     assert sorted(os.path.basename(path) for path, _, _ in store.entries()) == ["a.npz", "c.npz", "d.npz"]
-    assert store.clear() == 3 and store.info()["files"] == 0
+    assert store.clear() == 3
+    assert store.info()["files"] == 0
 
 
 def test_find_cut_rules(bert_setup, tiny_family_dir, caplog):
@@ -170,7 +172,8 @@ def test_cache_command(tmp_path, monkeypatch, capsys):
     FeatureStore().save("k", {"values": np.zeros(1000, np.float32)})
     assert main(["cache", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["folder"] == str(tmp_path / "features") and info["files"] == 1
+    assert info["folder"] == str(tmp_path / "features")
+    assert info["files"] == 1
     assert info["bytes"] == os.path.getsize(tmp_path / "features" / "k.npz")
     assert info["size_limit_bytes"] == 2**20
     assert main(["cache", "clear"]) == 0

@@ -33,7 +33,9 @@ def encode(backbone):
 
     encoded = encode_texts(backbone.tokenizer, TEXTS, MAX_LENGTH)
     # The long text is cut at MAX_LENGTH; the empty one holds at most the special tokens.
-    assert encoded.full_lengths[1] > MAX_LENGTH == encoded.lengths[1] and encoded.lengths[0] <= 2
+    assert encoded.full_lengths[1] > MAX_LENGTH
+    assert encoded.lengths[1] == MAX_LENGTH
+    assert encoded.lengths[0] <= 2
     mask = np.arange(MAX_LENGTH)[None, :] < encoded.lengths[:, None]
     return {"input_ids": tf.constant(encoded.input_ids), "attention_mask": tf.constant(mask.astype(np.int32))}
 
@@ -50,7 +52,8 @@ def test_parse_lora_policy():
     # Commas inside a regular expression stay part of it.
     assert tfpeft.parse_policy("lora:target_modules=q{1,2},r=2").lora.target_modules == "q{1,2}"
     combined = tfpeft.parse_policy("lora:r=2,combine=bitfit")
-    assert combined.lora.combine == "bitfit" and tfpeft.parse_policy(combined.name) == combined
+    assert combined.lora.combine == "bitfit"
+    assert tfpeft.parse_policy(combined.name) == combined
     assert LoraConfig(target_modules=["query", "value"]).target_modules == "(?:query)|(?:value)"
 
 
@@ -140,8 +143,10 @@ def test_lora_on_every_family(model_type, tiny_family_dir):
     expected = 0
     for state in adapters(backbone).values():
         in_dim, out_dim = state.kernel.shape
-        assert tuple(state.a.shape) == (in_dim, 4) and tuple(state.b.shape) == (4, out_dim)
-        assert not np.any(state.b.numpy()) and np.any(state.a.numpy())
+        assert tuple(state.a.shape) == (in_dim, 4)
+        assert tuple(state.b.shape) == (4, out_dim)
+        assert not np.any(state.b.numpy())
+        assert np.any(state.a.numpy())
         expected += 4 * (in_dim + out_dim)
     report = tfpeft.parameter_report(model, backbone)
     assert report.lora_params == expected
@@ -214,7 +219,8 @@ def test_adapter_run_folder_holds_adapter_only(lora_run, tiny_bert_dir):
     assert config["base_model"] == os.path.abspath(tiny_bert_dir)
     assert (config["r"], config["alpha"], config["target_modules"]) == (4, 8.0, "query|value")
     assert config["label_map"] == ["politics", "sport", "tech"]
-    assert config["base_config"]["model_type"] == "bert" and len(config["base_config_sha256"]) == 64
+    assert config["base_config"]["model_type"] == "bert"
+    assert len(config["base_config_sha256"]) == 64
     stored = np.load(os.path.join(model_dir, "adapter_weights.npz"))
     assert sorted(stored.files) == config["weights"]
     expected = sorted(

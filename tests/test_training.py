@@ -131,7 +131,7 @@ def test_evaluate_writes_eval_folder(trained, toy_csv):
     assert metrics["accuracy"] == accuracy_score([r["label"] for r in rows], [r["predicted_label"] for r in rows])
     assert json.load(open(os.path.join(out_dir, "results.json")))["macro_f1"] == metrics["macro_f1"]
     assert open(os.path.join(trained.output_dir, "results.json")).read() == results_before
-    with pytest.raises(OutputDirError, match="already holds an evaluation"):
+    with pytest.raises(OutputDirError, match="already contains an evaluation"):
         tfpeft.evaluate(trained.output_dir, test_file=toy_csv, verbose=0)
 
 

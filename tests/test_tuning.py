@@ -65,7 +65,8 @@ def test_random_search_writes_trials(random_search):
         assert row["epochs"] == "2"
     assert os.path.isdir(os.path.join(output_dir, "tuning", "keras_tuner"))
     report = open(os.path.join(output_dir, "tuning", "report.md")).read()
-    assert "learning_rate" in report and "unfreeze_depth" in report
+    assert "learning_rate" in report
+    assert "unfreeze_depth" in report
 
 
 def test_trials_start_from_pretrained_weights(random_search, pretrained_fingerprint):

@@ -122,7 +122,7 @@ def evaluate(
     out_dir = os.path.join(run_dir, "eval", name)
     if os.path.exists(out_dir) and not overwrite:
         raise OutputDirError(
-            f"{out_dir!r} already holds an evaluation. Pass --name to write another one, or "
+            f"{out_dir!r} already contains an evaluation. Pass --name to write another one, or "
             "--overwrite to replace it."
         )
 

@@ -22,7 +22,7 @@ class UnsupportedArchitectureError(TfpeftError, ValueError):
 
 
 class OutputDirError(TfpeftError, FileExistsError):
-    """An output folder that already holds files which a run would overwrite."""
+    """An output folder that already contains files which a run would overwrite."""
 
 
 class RunFolderError(TfpeftError, OSError):

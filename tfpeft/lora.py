@@ -495,7 +495,7 @@ def read_adapter_config(model_dir):
         with open(path, encoding="utf-8") as file:
             return json.load(file)
     except FileNotFoundError:
-        raise RunFolderError(f"{path!r} does not exist: this run folder holds no LoRA adapter.") from None
+        raise RunFolderError(f"{path!r} does not exist, so this run folder contains no LoRA adapter.") from None
     except json.JSONDecodeError as error:
         raise RunFolderError(f"{path!r} is not valid JSON ({error}); the adapter run folder is damaged.") from None
 
