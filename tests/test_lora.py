@@ -260,6 +260,31 @@ def test_adapter_run_predicts_the_same_in_new_process(lora_run):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
 
 
+def test_exported_lora_run_is_the_merged_base_model(lora_run, tmp_path):
+    from tfpeft.export import TEXT_SIGNATURE
+
+    model_dir = os.path.join(lora_run.output_dir, "model")
+    before = {name: open(os.path.join(model_dir, name), "rb").read() for name in os.listdir(model_dir)}
+    exported = tfpeft.export(lora_run.output_dir, str(tmp_path / "models" / "lora"), verbose=0)
+
+    # The SavedModel holds the base architecture: the same variables as an unadapted tiny BERT
+    # with the same head, and no adapter matrix.
+    saved = [name for name, _ in tf.train.list_variables(os.path.join(exported.path, "variables", "variables"))]
+    assert not [name for name in saved if "lora" in name]
+    plain = tfpeft.load(lora_run.output_dir)
+    remove_adapters(plain.backbone, plain.model)
+    served = tf.saved_model.load(exported.path)
+    assert len(served.signatures[TEXT_SIGNATURE].variables) == len(plain.model.variables)
+
+    # Its probabilities are the trained LoRA model's, unmerged, on the empty and the long text.
+    outputs = served.signatures[TEXT_SIGNATURE](text=tf.constant(TEXTS))
+    expected = lora_run.classifier.predict_proba(TEXTS)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4, rtol=0)
+    # Export merged a loaded copy: the run folder is byte for byte what training wrote.
+    after = {name: open(os.path.join(model_dir, name), "rb").read() for name in os.listdir(model_dir)}
+    assert after == before
+
+
 def test_adapter_on_other_architecture_fails(lora_run, tiny_family_dir):
     with pytest.raises(RunFolderError, match=r"bert backbone with model_type='bert'.*has model_type='gpt2'"):
         tfpeft.load(lora_run.output_dir, base_model=tiny_family_dir("gpt2"))
