@@ -142,3 +142,34 @@ def test_unsupported_parts_raise(tokenizers):
     whitespace = with_backend_setting(tokenizer, "pre_tokenizer", {"type": "WhitespaceSplit"})
     with pytest.raises(GraphTokenizerError, match="its pre-tokenizer WhitespaceSplit is not a single Metaspace"):
         build_graph_tokenizer(whitespace, 16)
+
+
+def tokenize_with(graph_tokenizer):
+    from tfpeft.text_cleaning import clean_text_tensor
+
+    def tokenize(texts):
+        return graph_tokenizer(clean_text_tensor(texts))
+
+    return tokenize
+
+
+def test_saved_and_loaded_tokenizers_keep_their_models(tokenizers, tmp_path):
+    # The T5 and ALBERT tokenizers run three variants of their models each; after loading, each
+    # op must still find its own variant, also with two SavedModels loaded in one process.
+    from test_graph_tokenizers import as_utf8
+
+    expected, loaded = {}, {}
+    for family in ("t5", "albert"):
+        graph_tokenizer = build_graph_tokenizer(tokenizers[family], 64)
+        module = tf.Module()
+        module.graph_tokenizer = graph_tokenizer
+        module.tokenize = tf.function(
+            tokenize_with(graph_tokenizer), input_signature=[tf.TensorSpec([None], tf.string)]
+        )
+        tf.saved_model.save(module, str(tmp_path / family))
+        expected[family] = graph_ids(graph_tokenizer, HARD_TEXTS)["input_ids"]
+    for family in ("t5", "albert"):
+        loaded[family] = tf.saved_model.load(str(tmp_path / family))
+    for family, model in loaded.items():
+        input_ids = model.tokenize(as_utf8(HARD_TEXTS))["input_ids"].numpy()
+        np.testing.assert_array_equal(input_ids, np.array(expected[family]))

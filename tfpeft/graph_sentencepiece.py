@@ -58,6 +58,20 @@ def _re2_literal(text):
     return "".join(f"\\x{{{ord(char):x}}}" for char in text)
 
 
+def _sentencepiece_op(proto, out_type):
+    import hashlib
+
+    import tensorflow_text
+
+    model = proto.SerializeToString()
+    # NOTE: a loaded SavedModel finds the op's model by the op's name, which is the same in every
+    # graph unless set: two models of one SavedModel, or of two SavedModels loaded in one
+    # process, would then share the model loaded first. A name made from the model's bytes
+    # keeps different models apart.
+    name = f"sentencepiece_{hashlib.sha256(model).hexdigest()[:16]}"
+    return tensorflow_text.SentencepieceTokenizer(model=model, out_type=out_type, name=name)
+
+
 class SentencePieceGraphTokenizer(GraphTokenizer):
     """A SentencePiece Unigram tokenizer as TF ops, with the Python tokenizer's exact ids.
 
@@ -75,7 +89,6 @@ class SentencePieceGraphTokenizer(GraphTokenizer):
 
     def __init__(self, tokenizer, max_seq_length, truncation="head", pairs=False, name="sentencepiece_tokenizer"):
         super().__init__(tokenizer, max_seq_length, truncation, pairs, name=name)
-        import tensorflow_text
         from sentencepiece import sentencepiece_model_pb2
 
         settings = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -107,11 +120,11 @@ class SentencePieceGraphTokenizer(GraphTokenizer):
         # Two variants of the model: with and without the word-start prefix, and a third that
         # keeps every space, to see whether the normalized text starts or ends with one.
         spec.add_dummy_prefix = True
-        self.with_prefix = tensorflow_text.SentencepieceTokenizer(model=proto.SerializeToString(), out_type=tf.int32)
+        self.with_prefix = _sentencepiece_op(proto, tf.int32)
         spec.add_dummy_prefix = False
-        self.without_prefix = tensorflow_text.SentencepieceTokenizer(model=proto.SerializeToString(), out_type=tf.int32)
+        self.without_prefix = _sentencepiece_op(proto, tf.int32)
         spec.remove_extra_whitespaces = False
-        self.all_spaces = tensorflow_text.SentencepieceTokenizer(model=proto.SerializeToString(), out_type=tf.string)
+        self.all_spaces = _sentencepiece_op(proto, tf.string)
 
     def _read_normalizer(self, settings, proto):
         parts = _components(settings.get("normalizer"), "normalizers")
