@@ -154,7 +154,7 @@ def tokenize_with(graph_tokenizer):
 
 
 def test_saved_and_loaded_tokenizers_keep_their_models(tokenizers, tmp_path):
-    # The T5 and ALBERT tokenizers run three variants of their models each; after loading, each
+    # The T5 and ALBERT tokenizers run three variants of their models each. After loading, each
     # op must still find its own variant, also with two SavedModels loaded in one process.
     from test_graph_tokenizers import as_utf8
 

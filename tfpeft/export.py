@@ -16,11 +16,12 @@ Layout written, the one TF Serving watches::
 
 Signatures:
 
-- ``serving_default``: ``text``, string ``[None]``, cleaned and tokenized inside the graph;
-  outputs ``probabilities`` (float32 ``[None, num_labels]``), ``label_id`` (int64 ``[None]``),
+- ``serving_default``: ``text``, string ``[None]`` (and ``text_pair`` for a run trained on
+  sentence pairs), cleaned and tokenized inside the graph; outputs ``probabilities`` (float32 ``[None, num_labels]``), ``label_id`` (int64 ``[None]``),
   ``label`` (string ``[None]``) and ``logits`` (float32 ``[None, num_labels]``).
-- ``serving_ids``: ``input_ids`` and ``attention_mask``, int32 ``[None, None]``, for clients that
-  tokenize themselves; same outputs.
+- ``serving_ids``: ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the
+  backbone takes segment ids), int32 ``[None, None]``, for clients that tokenize themselves;
+  same outputs.
 
 A tokenizer without an in-graph form (see ``tfpeft.graph_tokenizers``) gives an export with
 ``serving_ids`` only, and a ``TfpeftWarning`` with the reason.

@@ -9,9 +9,9 @@ prefix. The graph therefore:
 
 1. applies the normalizers that come before ``Precompiled`` with core TF and TensorFlow Text
    ops (ALBERT's quote replacements, NFKD, accent stripping and lowercasing; DeBERTa's strip);
-2. runs the ``.model`` file, changed in two ways: its control pieces (``<s>``, ``[CLS]``) become
+2. runs the ``.model`` file with two changes. Its control pieces (``<s>``, ``[CLS]``) become
    user-defined pieces, because the Hugging Face Unigram model matches them in plain text like
-   any piece; and the word-start prefix is added only where ``Metaspace`` adds it;
+   any piece. The word-start prefix is added only where ``Metaspace`` adds it;
 3. adds the trailing U+2581 piece that the Hugging Face tokenizer keeps where its normalizer
    does not strip a final space (ALBERT, DeBERTa-v2), and
 4. maps SentencePiece ids to the Hugging Face ids: XLM-R shifts every piece by one to put
@@ -65,9 +65,9 @@ def _sentencepiece_op(proto, out_type):
 
     model = proto.SerializeToString()
     # NOTE: a loaded SavedModel finds the op's model by the op's name, which is the same in every
-    # graph unless set: two models of one SavedModel, or of two SavedModels loaded in one
-    # process, would then share the model loaded first. A name made from the model's bytes
-    # keeps different models apart.
+    # graph unless set. Two models of one SavedModel, or of two SavedModels loaded in one
+    # process, would then share the model loaded first, so the name is made from the model's
+    # bytes.
     name = f"sentencepiece_{hashlib.sha256(model).hexdigest()[:16]}"
     return tensorflow_text.SentencepieceTokenizer(model=model, out_type=out_type, name=name)
 
@@ -188,9 +188,9 @@ class SentencePieceGraphTokenizer(GraphTokenizer):
 
     @staticmethod
     def _check_added_tokens(tokenizer):
-        # The Python tokenizer finds added tokens in the raw text before normalizing; special
+        # The Python tokenizer finds added tokens in the raw text before normalizing. Special
         # tokens are split like any text (split_special_tokens), but other added tokens are not.
-        # Those that are pieces of the SentencePiece model as well are found by it too.
+        # An added token that is also a piece of the SentencePiece model is found by it too.
         vocab = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["vocab"]
         pieces = {piece for piece, _ in vocab}
         added = [str(token) for token in tokenizer.added_tokens_decoder.values() if not token.special]

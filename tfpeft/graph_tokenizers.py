@@ -2,9 +2,11 @@
 
 An exported SavedModel takes raw text, so its graph must turn text into the same token ids as
 the Hugging Face tokenizer used in training. ``build_graph_tokenizer`` picks the in-graph form
-from ``GRAPH_TOKENIZERS`` by the kind of the tokenizer's model (``WordPiece``, ``BPE``,
-``Unigram``). A tokenizer it cannot rebuild raises ``GraphTokenizerError`` with the reason,
-and the export then serves token ids only.
+by the kind of the tokenizer's model: ``WordPiece`` here, ``Unigram`` (SentencePiece) in
+``tfpeft.graph_sentencepiece``; byte-level ``BPE`` has no TensorFlow Text op. A tokenizer it
+cannot rebuild raises ``GraphTokenizerError`` with the reason, and the export then serves
+token ids only. ``GraphTokenizer`` runs the steps all of them share: truncation by the run's
+rule, the special tokens around one text or a pair, and padding.
 
 WordPiece (BERT, MiniLM, ELECTRA): the Hugging Face normalizer (cleaning, Chinese-character
 padding, accent stripping, lowercasing) and the BERT pre-tokenizer (whitespace and punctuation
@@ -193,7 +195,7 @@ TRUNCATIONS = ("head", "tail", "head_tail")
 
 @dataclasses.dataclass(frozen=True)
 class SpecialTokenTemplate:
-    """Where a tokenizer puts its special tokens around one text or a pair.
+    """The places of a tokenizer's special tokens around one text or a pair.
 
     Args:
         parts: tuple. Each part is ``("special", ids, type_ids)`` for special tokens, or
