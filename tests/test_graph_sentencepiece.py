@@ -173,3 +173,18 @@ def test_saved_and_loaded_tokenizers_keep_their_models(tokenizers, tmp_path):
     for family, model in loaded.items():
         input_ids = model.tokenize(as_utf8(HARD_TEXTS))["input_ids"].numpy()
         np.testing.assert_array_equal(input_ids, np.array(expected[family]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bbc_and_tweets_same_ids(tokenizers, family):
+    import random
+
+    from test_graph_tokenizers import has_c1_control
+    from tfpeft.data import load_builtin
+
+    rng = random.Random(0)
+    tweets = load_builtin("tweets").texts
+    texts = rng.sample(load_builtin("bbc_news").texts, 100)
+    texts += rng.sample([text for text in tweets if has_c1_control(text)], 100) + rng.sample(tweets, 100)
+    graph_tokenizer = build_graph_tokenizer(tokenizers[family], 128, "head_tail")
+    assert_same_ids(graph_tokenizer, tokenizers[family], texts, 128, "head_tail")
