@@ -122,7 +122,7 @@ def test_bpe_tokenizer_has_no_graph_form():
     backend = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=[("a", "b")], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
-    with pytest.raises(GraphTokenizerError, match="uses a BPE model, and in-graph tokenizers exist only for: WordPiece, Unigram"):
+    with pytest.raises(GraphTokenizerError, match="uses a BPE model, which no TensorFlow Text op runs, and in-graph tokenizers exist only for: WordPiece, Unigram"):
         build_graph_tokenizer(tokenizer, 16)
 
 

@@ -442,8 +442,9 @@ def build_graph_tokenizer(tokenizer, max_seq_length, truncation="head", pairs=Fa
     kind = type(tokenizer.backend_tokenizer.model).__name__
     graph_tokenizers = _registry()
     if kind not in graph_tokenizers:
+        reason = ", which no TensorFlow Text op runs" if kind == "BPE" else ""
         raise GraphTokenizerError(
-            f"{type(tokenizer).__name__} uses a {kind} model, and in-graph tokenizers exist only "
-            f"for: {', '.join(graph_tokenizers)}"
+            f"{type(tokenizer).__name__} uses a {kind} model{reason}, and in-graph tokenizers exist "
+            f"only for: {', '.join(graph_tokenizers)}"
         )
     return graph_tokenizers[kind](tokenizer, max_seq_length, truncation, pairs)
