@@ -60,6 +60,7 @@ SLOW_MODULES = {
     "test_launcher",
     "test_export",
     "test_graph_tokenizers",
+    "test_graph_sentencepiece",
     "test_tuning",
     "test_features",
     "test_lora",

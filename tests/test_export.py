@@ -329,3 +329,94 @@ def test_minilm_fresh_process_matches_keras(tmp_path_factory, tmp_path):
     words = "shares fell sharply after the bank reported profits striker scored twice minister election".split()
     texts = edge_batch(words) + ["北京 stocks rose 3% [SEP] after the news".encode("utf-8")]
     assert_serving_matches_run(result.path, run_dir, texts, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def xlmr_run(tiny_family_dir, toy_csv, tmp_path_factory):
+    # Tail truncation, so that the in-graph cut of a SentencePiece tokenizer is checked too.
+    run_dir = str(tmp_path_factory.mktemp("export_runs") / "xlmr")
+    tfpeft.train(model_name_or_path=tiny_family_dir("xlm-roberta"), train_file=toy_csv, output_dir=run_dir,
+                 policy="last_n:1", num_train_epochs=1, learning_rate=1e-3, max_seq_length=24, truncation="tail",
+                 verbose=0)
+    return run_dir
+
+
+def test_sentencepiece_fresh_process_matches_keras(xlmr_run, models_dir, tmp_path):
+    with warnings_as_errors():
+        result = tfpeft.export(xlmr_run, os.path.join(models_dir, "xlmr"), verbose=0)
+    assert result.signatures == [TEXT_SIGNATURE, IDS_SIGNATURE]
+    assert "SentencepieceOp" in check_ops(result.path)
+
+    texts = edge_batch(tiny.vocabulary()[len(tiny.SPECIAL_TOKENS):]) + [
+        "北京 and 😀👍🏽 ``quoted''  spaces\u3000 ".encode("utf-8"),
+        "   ".encode("utf-8"),
+    ]
+    assert_serving_matches_run(result.path, xlmr_run, texts, tmp_path)
+
+    requests = read_warmup_requests(os.path.join(result.path, "assets.extra", "tf_serving_warmup_requests"))
+    model = tf.saved_model.load(result.path)
+    classifier = tfpeft.load(xlmr_run)
+    for signature_name, inputs in requests:
+        outputs = model.signatures[signature_name](**{key: tf.constant(value) for key, value in inputs.items()})
+        texts = inputs["text"].tolist() if "text" in inputs else export_module._warmup_texts(xlmr_run, 24)
+        expected = classifier.predict_proba(texts)
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4, rtol=0)
+
+
+class warnings_as_errors:
+    """Fail on any TfpeftWarning, such as the one for an export with serving_ids only."""
+
+    def __enter__(self):
+        import warnings
+
+        self._context = warnings.catch_warnings()
+        self._context.__enter__()
+        warnings.simplefilter("error", TfpeftWarning)
+
+    def __exit__(self, *exc_info):
+        return self._context.__exit__(*exc_info)
+
+
+@pytest.fixture(scope="module")
+def albert_pair_run(tiny_family_dir, tmp_path_factory):
+    from test_pairs import pair_frame
+
+    run_dir = str(tmp_path_factory.mktemp("export_runs") / "albert_pairs")
+    tfpeft.train(train_data=pair_frame(60, seed=2), model_name_or_path=tiny_family_dir("albert"), output_dir=run_dir,
+                 text_column="premise", text_pair_column="hypothesis", truncation="head_tail", max_seq_length=12,
+                 num_train_epochs=1, learning_rate=1e-3, policy="full", verbose=0)
+    return run_dir
+
+
+def test_pair_run_serves_text_pairs(albert_pair_run, models_dir):
+    with warnings_as_errors():
+        result = tfpeft.export(albert_pair_run, os.path.join(models_dir, "albert_pairs"), verbose=0)
+    assert result.signatures == [TEXT_SIGNATURE, IDS_SIGNATURE]
+    model = tf.saved_model.load(result.path)
+    assert sorted(model.signatures[TEXT_SIGNATURE].structured_input_signature[1]) == ["text", "text_pair"]
+    ids_inputs = model.signatures[IDS_SIGNATURE].structured_input_signature[1]
+    assert sorted(ids_inputs) == ["attention_mask", "input_ids", "token_type_ids"]
+
+    words = tiny.vocabulary()[len(tiny.SPECIAL_TOKENS):]
+    texts = edge_batch(words)
+    text_pairs = texts[2:] + texts[:2]
+    outputs = model.signatures[TEXT_SIGNATURE](text=tf.constant(texts), text_pair=tf.constant(text_pairs))
+    classifier = tfpeft.load(albert_pair_run)
+    expected = classifier.predict_proba(texts, text_pairs=text_pairs)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4, rtol=0)
+
+    requests = read_warmup_requests(os.path.join(result.path, "assets.extra", "tf_serving_warmup_requests"))
+    assert [name for name, _ in requests] == [TEXT_SIGNATURE, TEXT_SIGNATURE, IDS_SIGNATURE]
+    warm_texts, warm_pairs = export_module._warmup_texts(albert_pair_run, 12, pairs=True)
+    warm_expected = classifier.predict_proba(warm_texts, text_pairs=warm_pairs)
+    for (signature_name, inputs), rows in zip(requests, [warm_expected, warm_expected[:1], warm_expected]):
+        outputs = model.signatures[signature_name](**{key: tf.constant(value) for key, value in inputs.items()})
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), rows, atol=1e-4, rtol=0)
+    assert requests[2][1]["token_type_ids"].max() == 1
+
+    plain = ["goal match team", "vote party"]
+    served = tfpeft.predict(result.path, plain, text_pairs=plain[::-1])
+    reference = tfpeft.predict(albert_pair_run, plain, text_pairs=plain[::-1])
+    assert [record["label"] for record in served] == [record["label"] for record in reference]
+    with pytest.raises(tfpeft.errors.ConfigError, match="trained on sentence pairs; pass text_pairs"):
+        tfpeft.predict(result.path, plain)

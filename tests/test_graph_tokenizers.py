@@ -32,26 +32,35 @@ EDGE_TEXTS = [
 INVALID_UTF8 = [b"vote \xff\xfe party \xc3 tax\xe2\x82", b"\xed\xa0\x80 law", b"ok\xf0\x9f\x98"]
 
 
-def graph_ids(graph_tokenizer, texts, batch_size=2000):
-    """Return ``(ids, mask)`` arrays of the in-graph path, batch by batch, padded to one width."""
-    rows, masks = [], []
+def as_utf8(texts):
+    return tf.constant([text if isinstance(text, bytes) else to_utf8(text) for text in texts], dtype=tf.string)
+
+
+def graph_ids(graph_tokenizer, texts, batch_size=2000, text_pairs=None):
+    """Return the in-graph outputs as lists of rows, batch by batch."""
+    rows = {}
     for start in range(0, len(texts), batch_size):
-        batch = [text if isinstance(text, bytes) else to_utf8(text) for text in texts[start : start + batch_size]]
-        input_ids, attention_mask = graph_tokenizer(clean_text_tensor(tf.constant(batch, dtype=tf.string)))
-        rows += list(input_ids.numpy())
-        masks += list(attention_mask.numpy())
-    return rows, masks
+        inputs = [clean_text_tensor(as_utf8(texts[start : start + batch_size]))]
+        if text_pairs is not None:
+            inputs.append(clean_text_tensor(as_utf8(text_pairs[start : start + batch_size])))
+        for name, value in graph_tokenizer(*inputs).items():
+            rows.setdefault(name, []).extend(value.numpy())
+    return rows
 
 
-def assert_same_ids(graph_tokenizer, tokenizer, texts, max_seq_length):
-    rows, masks = graph_ids(graph_tokenizer, texts)
-    encoded = encode_texts(tokenizer, texts, max_seq_length)
+def assert_same_ids(graph_tokenizer, tokenizer, texts, max_seq_length, truncation="head", text_pairs=None):
+    """Assert that the graph gives the ids, mask and segment ids of ``tfpeft.data.encode_texts``."""
+    rows = graph_ids(graph_tokenizer, texts, text_pairs=text_pairs)
+    encoded = encode_texts(tokenizer, texts, max_seq_length, truncation=truncation, text_pairs=text_pairs)
+    assert ("token_type_ids" in rows) == (encoded.token_type_ids is not None)
     mismatches = []
-    for i, (row, mask) in enumerate(zip(rows, masks)):
+    for i, (row, mask) in enumerate(zip(rows["input_ids"], rows["attention_mask"])):
         length = int(encoded.lengths[i])
         if int(mask.sum()) != length or row[:length].tolist() != encoded.input_ids[i, :length].tolist():
             mismatches.append(texts[i])
         elif mask[:length].min(initial=1) != 1 or (row[length:] != encoded.pad_token_id).any():
+            mismatches.append(texts[i])
+        elif "token_type_ids" in rows and rows["token_type_ids"][i][:length].tolist() != encoded.token_type_ids[i, :length].tolist():
             mismatches.append(texts[i])
     assert not mismatches, f"{len(mismatches)} of {len(texts)} texts differ, e.g. {mismatches[:3]!r}"
 
@@ -77,7 +86,8 @@ def test_tiny_edge_texts_same_ids(tiny_tokenizer):
 
 def test_truncation_keeps_sep(tiny_tokenizer):
     graph_tokenizer = WordPieceGraphTokenizer(tiny_tokenizer, max_seq_length=8)
-    input_ids, attention_mask = graph_tokenizer(tf.constant(["goal match team coach league score player cup chip", "goal"]))
+    outputs = graph_tokenizer(tf.constant(["goal match team coach league score player cup chip", "goal"]))
+    input_ids, attention_mask = outputs["input_ids"], outputs["attention_mask"]
     assert input_ids.shape == (2, 8)
     assert input_ids.numpy()[0].tolist() == [2] + [tiny_tokenizer.convert_tokens_to_ids(w) for w in
                                                    "goal match team coach league score".split()] + [3]
@@ -87,7 +97,8 @@ def test_truncation_keeps_sep(tiny_tokenizer):
 
 def test_empty_batch_has_special_token_width(tiny_tokenizer):
     graph_tokenizer = WordPieceGraphTokenizer(tiny_tokenizer, max_seq_length=8)
-    input_ids, attention_mask = graph_tokenizer(tf.constant([], dtype=tf.string))
+    outputs = graph_tokenizer(tf.constant([], dtype=tf.string))
+    input_ids, attention_mask = outputs["input_ids"], outputs["attention_mask"]
     assert input_ids.shape == (0, 2)
     assert attention_mask.shape == (0, 2)
 
@@ -111,7 +122,7 @@ def test_bpe_tokenizer_has_no_graph_form():
     backend = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=[("a", "b")], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
-    with pytest.raises(GraphTokenizerError, match="uses a BPE model, and in-graph tokenizers exist only for: WordPiece"):
+    with pytest.raises(GraphTokenizerError, match="uses a BPE model, which no TensorFlow Text op runs, and in-graph tokenizers exist only for: WordPiece, Unigram"):
         build_graph_tokenizer(tokenizer, 16)
 
 
@@ -162,9 +173,58 @@ def test_minilm_bbc_and_tweets_same_ids(minilm_tokenizer):
 
 def test_minilm_truncation_length(minilm_tokenizer):
     graph_tokenizer = WordPieceGraphTokenizer(minilm_tokenizer, max_seq_length=32)
-    input_ids, attention_mask = graph_tokenizer(tf.constant([" ".join(["news"] * 3000), "news"]))
+    outputs = graph_tokenizer(tf.constant([" ".join(["news"] * 3000), "news"]))
+    input_ids, attention_mask = outputs["input_ids"], outputs["attention_mask"]
     ids = input_ids.numpy()
     assert ids.shape == (2, 32)
     assert ids[0, 0] == minilm_tokenizer.cls_token_id
     assert ids[0, -1] == minilm_tokenizer.sep_token_id
     np.testing.assert_array_equal(attention_mask.numpy().sum(axis=1), [32, 3])
+
+
+def word_ids(tokenizer, words):
+    return [tokenizer.convert_tokens_to_ids(word) for word in words.split()]
+
+
+def test_tail_and_head_tail_keep_hand_counted_words(tiny_tokenizer):
+    text = "goal match team coach league score player cup chip"
+    # max_seq_length 8 leaves 6 of the 9 words between [CLS] and [SEP]; head_tail keeps
+    # 6 // 4 = 1 word from the start and 5 from the end.
+    expected = {
+        "tail": "coach league score player cup chip",
+        "head_tail": "goal league score player cup chip",
+    }
+    for truncation, words in expected.items():
+        graph_tokenizer = WordPieceGraphTokenizer(tiny_tokenizer, max_seq_length=8, truncation=truncation)
+        input_ids = graph_tokenizer(tf.constant([text]))["input_ids"].numpy()
+        assert input_ids[0].tolist() == [2] + word_ids(tiny_tokenizer, words) + [3]
+
+
+@pytest.mark.parametrize("truncation", ["head", "tail", "head_tail"])
+def test_tiny_truncation_modes_same_ids(tiny_tokenizer, truncation):
+    for max_seq_length in (5, 16):
+        graph_tokenizer = WordPieceGraphTokenizer(tiny_tokenizer, max_seq_length, truncation=truncation)
+        assert_same_ids(graph_tokenizer, tiny_tokenizer, EDGE_TEXTS + INVALID_UTF8, max_seq_length, truncation)
+
+
+def test_tiny_pairs_same_ids(tiny_tokenizer):
+    texts = EDGE_TEXTS + INVALID_UTF8
+    # Every text paired with every fourth other one, so that short and long texts meet on
+    # both sides and the shared budget is split in every way.
+    pairs = [(first, second) for i, first in enumerate(texts) for second in texts[i % 4 :: 4]]
+    firsts, seconds = [first for first, _ in pairs], [second for _, second in pairs]
+    for truncation in ("head", "tail", "head_tail"):
+        for max_seq_length in (7, 16):
+            graph_tokenizer = WordPieceGraphTokenizer(tiny_tokenizer, max_seq_length, truncation=truncation, pairs=True)
+            assert_same_ids(graph_tokenizer, tiny_tokenizer, firsts, max_seq_length, truncation, text_pairs=seconds)
+
+
+def test_pair_segments_hand_counted(tiny_tokenizer):
+    graph_tokenizer = WordPieceGraphTokenizer(tiny_tokenizer, max_seq_length=8, pairs=True)
+    outputs = graph_tokenizer(tf.constant(["goal match team coach"]), tf.constant(["vote"]))
+    # 5 word pieces fit between [CLS], [SEP] and [SEP]; the second text has 1, so the first
+    # keeps 4.
+    assert outputs["input_ids"].numpy()[0].tolist() == (
+        [2] + word_ids(tiny_tokenizer, "goal match team coach") + [3] + word_ids(tiny_tokenizer, "vote") + [3]
+    )
+    assert outputs["token_type_ids"].numpy()[0].tolist() == [0, 0, 0, 0, 0, 0, 1, 1]

@@ -175,8 +175,6 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     if hasattr(run_dir, "predict_proba"):
         classifier = run_dir
     elif find_export_folder(run_dir) is not None:
-        if text_pairs is not None:
-            raise ConfigError("Exported models take single texts; predict pairs with the run folder.")
         classifier = ExportedClassifier(find_export_folder(run_dir))
     else:
         classifier = load(run_dir)

@@ -16,11 +16,12 @@ Layout written, the one TF Serving watches::
 
 Signatures:
 
-- ``serving_default``: ``text``, string ``[None]``, cleaned and tokenized inside the graph;
-  outputs ``probabilities`` (float32 ``[None, num_labels]``), ``label_id`` (int64 ``[None]``),
+- ``serving_default``: ``text``, string ``[None]`` (and ``text_pair`` for a run trained on
+  sentence pairs), cleaned and tokenized inside the graph; outputs ``probabilities`` (float32 ``[None, num_labels]``), ``label_id`` (int64 ``[None]``),
   ``label`` (string ``[None]``) and ``logits`` (float32 ``[None, num_labels]``).
-- ``serving_ids``: ``input_ids`` and ``attention_mask``, int32 ``[None, None]``, for clients that
-  tokenize themselves; same outputs.
+- ``serving_ids``: ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the
+  backbone takes segment ids), int32 ``[None, None]``, for clients that tokenize themselves;
+  same outputs.
 
 A tokenizer without an in-graph form (see ``tfpeft.graph_tokenizers``) gives an export with
 ``serving_ids`` only, and a ``TfpeftWarning`` with the reason.
@@ -111,14 +112,16 @@ def _choose_version(model_dir, version):
     return version
 
 
-def _serving_functions(model, label_names, graph_tokenizer):
+def _serving_functions(model, label_names, graph_tokenizer, pairs):
     """Return the signature functions, keyed by signature name, as closures over ``model``."""
     from tfpeft.text_cleaning import clean_text_tensor
 
     labels = tf.constant(label_names, dtype=tf.string)
+    input_names = [tensor.name.split(":")[0] for tensor in model.inputs]
+    with_type_ids = "token_type_ids" in input_names
 
-    def classify(input_ids, attention_mask):
-        logits = model({"input_ids": input_ids, "attention_mask": attention_mask}, training=False)
+    def classify(inputs):
+        logits = model({name: inputs[name] for name in input_names}, training=False)
         logits = tf.cast(logits, tf.float32)
         label_id = tf.argmax(logits, axis=-1, output_type=tf.int64)
         return {
@@ -132,19 +135,45 @@ def _serving_functions(model, label_names, graph_tokenizer):
         tf.TensorSpec([None, None], tf.int32, name="input_ids"),
         tf.TensorSpec([None, None], tf.int32, name="attention_mask"),
     ]
-    functions = {IDS_SIGNATURE: tf.function(classify, input_signature=ids_spec)}
-    if graph_tokenizer is not None:
+    if with_type_ids:
+        ids_spec.append(tf.TensorSpec([None, None], tf.int32, name="token_type_ids"))
+
+        def classify_ids(input_ids, attention_mask, token_type_ids):
+            return classify({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+
+    else:
+
+        def classify_ids(input_ids, attention_mask):
+            return classify({"input_ids": input_ids, "attention_mask": attention_mask})
+
+    functions = {IDS_SIGNATURE: tf.function(classify_ids, input_signature=ids_spec)}
+    if graph_tokenizer is None:
+        return functions
+
+    def tokenized(*texts):
+        inputs = graph_tokenizer(*[clean_text_tensor(text) for text in texts])
+        if with_type_ids and "token_type_ids" not in inputs:
+            # A single-text run on a backbone with segment ids: every token is in segment 0.
+            inputs["token_type_ids"] = tf.zeros_like(inputs["input_ids"])
+        return inputs
+
+    if pairs:
+
+        def classify_text(text, text_pair):
+            return classify(tokenized(text, text_pair))
+
+        text_spec = [tf.TensorSpec([None], tf.string, name="text"), tf.TensorSpec([None], tf.string, name="text_pair")]
+    else:
 
         def classify_text(text):
-            input_ids, attention_mask = graph_tokenizer(clean_text_tensor(text))
-            return classify(input_ids, attention_mask)
+            return classify(tokenized(text))
 
         text_spec = [tf.TensorSpec([None], tf.string, name="text")]
-        functions[TEXT_SIGNATURE] = tf.function(classify_text, input_signature=text_spec)
+    functions[TEXT_SIGNATURE] = tf.function(classify_text, input_signature=text_spec)
     return functions
 
 
-def _build_module(model, label_names, graph_tokenizer, labels_path):
+def _build_module(model, label_names, graph_tokenizer, labels_path, pairs):
     module = tf.Module()
     # The module tracks the model's variables, not the tf_keras model itself, so the SavedModel
     # contains only TF functions and loads without Keras, transformers or tfpeft.
@@ -152,7 +181,7 @@ def _build_module(model, label_names, graph_tokenizer, labels_path):
     module.labels_file = tf.saved_model.Asset(labels_path)
     if graph_tokenizer is not None:
         module.graph_tokenizer = graph_tokenizer
-    functions = _serving_functions(model, label_names, graph_tokenizer)
+    functions = _serving_functions(model, label_names, graph_tokenizer, pairs)
     for name, function in functions.items():
         setattr(module, name, function)
     return module, functions
@@ -161,28 +190,35 @@ def _build_module(model, label_names, graph_tokenizer, labels_path):
 def _graph_tokenizer(classifier):
     from tfpeft.graph_tokenizers import build_graph_tokenizer
 
-    # NOTE: runs that truncate other than at the end, or that classify text pairs, have no
-    # in-graph form yet; their exports serve token ids only.
-    truncation = getattr(classifier.config, "truncation", "head")
-    if truncation != "head":
-        raise GraphTokenizerError(f"the run truncates texts with truncation={truncation!r}")
-    return build_graph_tokenizer(classifier.tokenizer, classifier.config.max_seq_length)
+    config = classifier.config
+    return build_graph_tokenizer(
+        classifier.tokenizer, config.max_seq_length, config.truncation, pairs=classifier.takes_pairs
+    )
 
 
-def _warmup_texts(run_dir, max_seq_length):
-    """Return a few texts of the run's test split, then ``WARMUP_TEXTS`` and a truncated text."""
+def _warmup_texts(run_dir, max_seq_length, pairs=False):
+    """Return a few texts of the run's test split, then ``WARMUP_TEXTS`` and a truncated text.
+
+    For a run on pairs, return ``(texts, text_pairs)``: the test pairs, then each fixed text
+    paired with the next one.
+    """
     import csv
 
     from tfpeft.runs import PREDICTIONS_FILE
 
-    texts = []
+    rows = []
     predictions = os.path.join(run_dir, PREDICTIONS_FILE)
     if os.path.isfile(predictions):
         with open(predictions, newline="", encoding="utf-8") as file:
-            texts = [row["text"] for _, row in zip(range(3), csv.DictReader(file))]
+            rows = [row for _, row in zip(range(3), csv.DictReader(file))]
     # Every word is at least one token, so this text reaches max_seq_length.
     long_text = " ".join(["warmup"] * max_seq_length)
-    return texts + list(WARMUP_TEXTS) + [long_text]
+    texts = [row["text"] for row in rows] + list(WARMUP_TEXTS) + [long_text]
+    if not pairs:
+        return texts
+    fixed = list(WARMUP_TEXTS) + [long_text]
+    text_pairs = [row.get("text_pair", "") for row in rows] + fixed[1:] + fixed[:1]
+    return texts, text_pairs
 
 
 def write_warmup_requests(path, model_name, requests):
@@ -219,19 +255,27 @@ def read_warmup_requests(path):
     return requests
 
 
-def _warmup_requests(classifier, texts, signatures):
+def _warmup_requests(classifier, texts, signatures, text_pairs=None):
     from tfpeft.data import encode_texts
     from tfpeft.text_cleaning import to_utf8
 
-    encoded = encode_texts(classifier.tokenizer, texts, classifier.config.max_seq_length)
+    config = classifier.config
+    encoded = encode_texts(
+        classifier.tokenizer, texts, config.max_seq_length, text_pairs=text_pairs, truncation=config.truncation
+    )
     input_ids = encoded.input_ids
     attention_mask = (np.arange(input_ids.shape[1])[None, :] < encoded.lengths[:, None]).astype(np.int32)
     requests = []
     if TEXT_SIGNATURE in signatures:
-        utf8 = np.array([to_utf8(text) for text in texts], dtype=object)
-        requests.append((TEXT_SIGNATURE, {"text": utf8}))
-        requests.append((TEXT_SIGNATURE, {"text": utf8[:1]}))
-    requests.append((IDS_SIGNATURE, {"input_ids": input_ids, "attention_mask": attention_mask}))
+        inputs = {"text": np.array([to_utf8(text) for text in texts], dtype=object)}
+        if text_pairs is not None:
+            inputs["text_pair"] = np.array([to_utf8(text) for text in text_pairs], dtype=object)
+        requests.append((TEXT_SIGNATURE, inputs))
+        requests.append((TEXT_SIGNATURE, {key: value[:1] for key, value in inputs.items()}))
+    ids = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in [tensor.name.split(":")[0] for tensor in classifier.model.inputs]:
+        ids["token_type_ids"] = encoded.token_type_ids if encoded.token_type_ids is not None else np.zeros_like(input_ids)
+    requests.append((IDS_SIGNATURE, ids))
     return requests
 
 
@@ -297,15 +341,19 @@ def _write_assets_extra(folder, classifier, run_dir, model_name, signatures, mis
         "text_signature_missing": missing_reason,
         "labels": classifier.labels,
         "max_seq_length": classifier.config.max_seq_length,
+        "truncation": classifier.config.truncation,
+        "text_pair_column": classifier.config.text_pair_column,
         "per_device_eval_batch_size": classifier.config.per_device_eval_batch_size,
     }
     with open(os.path.join(folder, INFO_FILE), "w", encoding="utf-8") as file:
         json.dump(info, file, indent=2, ensure_ascii=False)
         file.write("\n")
-    texts = _warmup_texts(run_dir, classifier.config.max_seq_length)
-    write_warmup_requests(
-        os.path.join(folder, WARMUP_FILE), model_name, _warmup_requests(classifier, texts, signatures)
-    )
+    if classifier.takes_pairs:
+        texts, text_pairs = _warmup_texts(run_dir, classifier.config.max_seq_length, pairs=True)
+    else:
+        texts, text_pairs = _warmup_texts(run_dir, classifier.config.max_seq_length), None
+    requests = _warmup_requests(classifier, texts, signatures, text_pairs)
+    write_warmup_requests(os.path.join(folder, WARMUP_FILE), model_name, requests)
 
 
 def export(run_dir, to, *, version=None, verbose=1):
@@ -345,14 +393,6 @@ def export(run_dir, to, *, version=None, verbose=1):
     # LoRA adapters are folded into the kernels and dropped, so the exported model is the base
     # architecture with no extra matrix products.
     remove_adapters(classifier.backbone, classifier.model)
-    if classifier.takes_pairs:
-        # NOTE: pair runs need a second string input and segment ids in both signatures.
-        raise ExportError(
-            f"The run {run_dir!r} was trained on sentence pairs (text_pair_column="
-            f"{classifier.config.text_pair_column!r}), and exporting pair classifiers is not "
-            "supported yet. Use tfpeft.load(run_dir).predict(texts, text_pairs=...) instead."
-        )
-
     progress.step("Building the in-graph tokenizer")
     try:
         graph_tokenizer = _graph_tokenizer(classifier)
@@ -376,7 +416,9 @@ def export(run_dir, to, *, version=None, verbose=1):
         labels_path = os.path.join(staging, LABELS_FILE)
         with open(labels_path, "w", encoding="utf-8") as file:
             file.write("".join(f"{name}\n" for name in classifier.labels))
-        module, functions = _build_module(classifier.model, classifier.labels, graph_tokenizer, labels_path)
+        module, functions = _build_module(
+            classifier.model, classifier.labels, graph_tokenizer, labels_path, classifier.takes_pairs
+        )
         progress.step(f"Writing the SavedModel with signatures {', '.join(signatures)}")
         saved_model_dir = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved_model_dir, signatures=functions)

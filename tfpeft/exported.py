@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from tfpeft.errors import RunFolderError
+from tfpeft.errors import ConfigError, RunFolderError
 
 
 def is_export_folder(path):
@@ -69,43 +69,77 @@ class ExportedClassifier:
     def labels(self):
         return list(self.info["labels"])
 
-    def _encode(self, texts):
+    @property
+    def takes_pairs(self):
+        """True when the exported classifier was trained on sentence pairs."""
+        return self.info.get("text_pair_column") is not None
+
+    def _encode(self, texts, text_pairs):
         from transformers import AutoTokenizer
 
         from tfpeft.data import encode_texts
-        from tfpeft.export import TOKENIZER_DIR
+        from tfpeft.export import IDS_SIGNATURE, TOKENIZER_DIR
 
         if self._tokenizer is None:
             self._tokenizer = AutoTokenizer.from_pretrained(os.path.join(self.path, TOKENIZER_DIR))
-        encoded = encode_texts(self._tokenizer, texts, self.info["max_seq_length"])
+        encoded = encode_texts(
+            self._tokenizer,
+            texts,
+            self.info["max_seq_length"],
+            text_pairs=text_pairs,
+            truncation=self.info.get("truncation", "head"),
+        )
         positions = np.arange(encoded.input_ids.shape[1])[None, :]
         attention_mask = (positions < encoded.lengths[:, None]).astype(np.int32)
-        return {"input_ids": encoded.input_ids, "attention_mask": attention_mask}
+        inputs = {"input_ids": encoded.input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.saved_model.signatures[IDS_SIGNATURE].structured_input_signature[1]:
+            type_ids = encoded.token_type_ids
+            inputs["token_type_ids"] = type_ids if type_ids is not None else np.zeros_like(encoded.input_ids)
+        return inputs
 
-    def _predict_batch(self, texts):
+    def _predict_batch(self, texts, text_pairs):
         import tensorflow as tf
 
         from tfpeft.export import IDS_SIGNATURE, TEXT_SIGNATURE
         from tfpeft.text_cleaning import to_utf8
 
+        def utf8(values):
+            return tf.constant([text if isinstance(text, bytes) else to_utf8(str(text)) for text in values], tf.string)
+
         signatures = self.saved_model.signatures
         if TEXT_SIGNATURE in signatures:
-            utf8 = [text if isinstance(text, bytes) else to_utf8(str(text)) for text in texts]
-            outputs = signatures[TEXT_SIGNATURE](text=tf.constant(utf8, dtype=tf.string))
+            inputs = {"text": utf8(texts)}
+            if text_pairs is not None:
+                inputs["text_pair"] = utf8(text_pairs)
+            outputs = signatures[TEXT_SIGNATURE](**inputs)
         else:
-            inputs = self._encode(texts)
+            inputs = self._encode(texts, text_pairs)
             outputs = signatures[IDS_SIGNATURE](**{key: tf.constant(value) for key, value in inputs.items()})
         return outputs["probabilities"].numpy()
 
-    def predict_proba(self, texts, batch_size=None):
+    def predict_proba(self, texts, batch_size=None, *, text_pairs=None):
         """Return class probabilities ``[len(texts), num_labels]``, columns in ``labels`` order."""
         texts = list(texts)
+        if self.takes_pairs != (text_pairs is not None):
+            needed = "pass text_pairs (--text-pair)" if self.takes_pairs else "drop text_pairs (--text-pair)"
+            raise ConfigError(
+                f"The model in {self.path!r} was trained on "
+                f"{'sentence pairs' if self.takes_pairs else 'single texts'}; {needed}."
+            )
+        if text_pairs is not None:
+            text_pairs = list(text_pairs)
+            if len(text_pairs) != len(texts):
+                raise ConfigError(f"Got {len(texts)} texts but {len(text_pairs)} text pairs; pass one second text per text.")
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         batch_size = batch_size or self.info["per_device_eval_batch_size"]
-        batches = [self._predict_batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        batches = [
+            self._predict_batch(texts[i : i + batch_size], None if text_pairs is None else text_pairs[i : i + batch_size])
+            for i in range(0, len(texts), batch_size)
+        ]
         return np.concatenate(batches, axis=0)
 
-    def predict(self, texts, batch_size=None):
-        """Return the predicted class name of each text."""
-        return [self.labels[int(i)] for i in self.predict_proba(texts, batch_size).argmax(axis=-1)]
+    def predict(self, texts, batch_size=None, *, text_pairs=None):
+        """Return the predicted class name of each text (or sentence pair)."""
+        probabilities = self.predict_proba(texts, batch_size, text_pairs=text_pairs)
+        return [self.labels[int(i)] for i in probabilities.argmax(axis=-1)]

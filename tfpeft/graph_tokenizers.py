@@ -2,9 +2,11 @@
 
 An exported SavedModel takes raw text, so its graph must turn text into the same token ids as
 the Hugging Face tokenizer used in training. ``build_graph_tokenizer`` picks the in-graph form
-from ``GRAPH_TOKENIZERS`` by the kind of the tokenizer's model (``WordPiece``, ``BPE``,
-``Unigram``). A tokenizer it cannot rebuild raises ``GraphTokenizerError`` with the reason,
-and the export then serves token ids only.
+by the kind of the tokenizer's model: ``WordPiece`` here, ``Unigram`` (SentencePiece) in
+``tfpeft.graph_sentencepiece``; byte-level ``BPE`` has no TensorFlow Text op. A tokenizer it
+cannot rebuild raises ``GraphTokenizerError`` with the reason, and the export then serves
+token ids only. ``GraphTokenizer`` runs the steps all of them share: truncation by the run's
+rule, the special tokens around one text or a pair, and padding.
 
 WordPiece (BERT, MiniLM, ELECTRA): the Hugging Face normalizer (cleaning, Chinese-character
 padding, accent stripping, lowercasing) and the BERT pre-tokenizer (whitespace and punctuation
@@ -69,7 +71,11 @@ class CharacterMap:
             normalized = [chr(c) for c in code_points]
         else:
             normalized = [normalizer.normalize_str(chr(c)) for c in code_points]
-        boundary = _pre_tokenized_chars(pre_tokenizer, list(set("".join(normalized)) | {" "}))
+        chars = list(set("".join(normalized)) | {" "})
+        if pre_tokenizer is None:
+            boundary = {char: char for char in chars}
+        else:
+            boundary = _pre_tokenized_chars(pre_tokenizer, chars)
         if boundary[" "] != " ":
             raise GraphTokenizerError("the pre-tokenizer does not split words on spaces")
 
@@ -92,8 +98,8 @@ class CharacterMap:
                 kinds.append(kind)
         return cls(tuple(starts), tuple(kinds), tuple(replaced), tuple(replacements))
 
-    def split_words(self, texts):
-        """Normalize and pre-tokenize a 1-D string tensor into a ragged ``[batch, words]`` tensor."""
+    def apply(self, texts):
+        """Map each code point of a 1-D string tensor; return the mapped texts, words between spaces."""
         starts = tf.constant(self.starts, dtype=tf.int32)
         kinds = tf.constant(self.kinds, dtype=tf.int32)
         replaced = tf.constant(self.replaced, dtype=tf.int32)
@@ -110,9 +116,11 @@ class CharacterMap:
         outputs = tf.where(kind == SPLIT, " ", outputs)
         outputs = tf.where(kind == ISOLATE, tf.strings.join([" ", chars, " "]), outputs)
         outputs = tf.where(kind == REPLACE, replacement, outputs)
-        joined = tf.strings.reduce_join(code_points.with_flat_values(outputs), axis=-1)
+        return tf.strings.reduce_join(code_points.with_flat_values(outputs), axis=-1)
 
-        words = tf.strings.split(joined, sep=" ")
+    def split_words(self, texts):
+        """Normalize and pre-tokenize a 1-D string tensor into a ragged ``[batch, words]`` tensor."""
+        words = tf.strings.split(self.apply(texts), sep=" ")
         return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
 
 
@@ -159,13 +167,16 @@ def _kind(char, output):
 _CHARACTER_MAPS = {}
 
 
-def _character_map(backend):
+def character_map(normalizer, pre_tokenizer):
+    """Return the ``CharacterMap`` of a `tokenizers` normalizer and pre-tokenizer (either may be None)."""
     # Probing every code point takes seconds, so each distinct normalizer and pre-tokenizer is
     # probed once per process.
-    settings = json.loads(backend.to_str())
-    key = json.dumps([settings.get("normalizer"), settings.get("pre_tokenizer")], sort_keys=True)
+    key = json.dumps(
+        [json.loads(part.__getstate__()) if part is not None else None for part in (normalizer, pre_tokenizer)],
+        sort_keys=True,
+    )
     if key not in _CHARACTER_MAPS:
-        _CHARACTER_MAPS[key] = CharacterMap.probe(backend.normalizer, backend.pre_tokenizer)
+        _CHARACTER_MAPS[key] = CharacterMap.probe(normalizer, pre_tokenizer)
     return _CHARACTER_MAPS[key]
 
 
@@ -179,35 +190,183 @@ def _component_types(component):
     return [component["type"]]
 
 
-def special_token_ids(tokenizer):
-    """Return ``(prefix, suffix)``: the ids the tokenizer adds before and after one text."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start], full[start + len(plain) :]
-    raise GraphTokenizerError(f"its special tokens {full} do not surround the text's ids {plain}")
+TRUNCATIONS = ("head", "tail", "head_tail")
 
 
-class WordPieceGraphTokenizer(tf.Module):
+@dataclasses.dataclass(frozen=True)
+class SpecialTokenTemplate:
+    """The places of a tokenizer's special tokens around one text or a pair.
+
+    Args:
+        parts: tuple. Each part is ``("special", ids, type_ids)`` for special tokens, or
+            ``("text", index, type_id)`` for the pieces of text ``index`` (0 or 1).
+    """
+
+    parts: tuple
+
+    @classmethod
+    def read(cls, tokenizer, pair):
+        """Read the template off the encoding of ``"a"`` (and ``"b"``) by the fast tokenizer."""
+        encoding = tokenizer("a", "b" if pair else None, return_token_type_ids=True, split_special_tokens=True)
+        ids, type_ids = encoding["input_ids"], encoding["token_type_ids"]
+        parts = []
+        for position, sequence_id in enumerate(encoding.sequence_ids(0)):
+            kind = "special" if sequence_id is None else "text"
+            if parts and parts[-1][0] == kind and (kind == "special" or parts[-1][1] == sequence_id):
+                if kind == "special":
+                    parts[-1][1].append(ids[position])
+                    parts[-1][2].append(type_ids[position])
+                elif parts[-1][2] != type_ids[position]:
+                    raise GraphTokenizerError("its segment ids change inside one text")
+            elif kind == "special":
+                parts.append(["special", [ids[position]], [type_ids[position]]])
+            else:
+                parts.append(["text", sequence_id, type_ids[position]])
+        texts = [part[1] for part in parts if part[0] == "text"]
+        if texts != ([0, 1] if pair else [0]):
+            raise GraphTokenizerError(f"its special tokens {ids} do not keep each text in one piece")
+        return cls(tuple(tuple(tuple(x) if isinstance(x, list) else x for x in part) for part in parts))
+
+    @property
+    def num_special(self):
+        return sum(len(part[1]) for part in self.parts if part[0] == "special")
+
+
+def share_budget(first_lengths, second_lengths, budget):
+    """Return the pieces each text of a pair keeps, as ``tfpeft.data.truncation.share_budget`` does.
+
+    Args:
+        first_lengths, second_lengths: int64 tensors ``[batch]``, the pieces of each text.
+        budget: int. Pieces both texts may keep together.
+    """
+    fits = first_lengths + second_lengths <= budget
+    swapped = first_lengths > second_lengths
+    shorter = tf.minimum(tf.minimum(first_lengths, second_lengths), budget // 2)
+    longer = budget - shorter
+    keep_first = tf.where(fits, first_lengths, tf.where(swapped, longer, shorter))
+    keep_second = tf.where(fits, second_lengths, tf.where(swapped, shorter, longer))
+    return keep_first, keep_second
+
+
+def truncate(token_ids, keep, truncation):
+    """Keep ``keep`` pieces of each row of a ragged tensor, as ``tfpeft.data.truncation.kept_indices`` does.
+
+    Args:
+        token_ids: ragged tensor ``[batch, (pieces)]``.
+        keep: int64 tensor ``[batch]`` or int. Pieces to keep at most per row.
+        truncation: str. ``head`` keeps the first pieces, ``tail`` the last, ``head_tail`` a
+            quarter of ``keep`` from the start and the rest from the end.
+    """
+    lengths = token_ids.row_lengths()
+    keep = tf.minimum(tf.cast(keep, lengths.dtype), lengths)
+    if truncation == "head":
+        num_head = keep
+    elif truncation == "tail":
+        num_head = tf.zeros_like(keep)
+    else:
+        num_head = keep // 4
+    rows = token_ids.value_rowids()
+    positions = tf.ragged.range(lengths).flat_values
+    kept = (positions < tf.gather(num_head, rows)) | (positions >= tf.gather(lengths - (keep - num_head), rows))
+    return tf.ragged.boolean_mask(token_ids, token_ids.with_flat_values(kept))
+
+
+class GraphTokenizer(tf.Module):
+    """The steps every in-graph tokenizer shares: truncation, special tokens, padding.
+
+    A subclass turns a 1-D string tensor of cleaned texts into a ragged tensor of piece ids
+    (``tokenize_pieces``). Calling the tokenizer on texts (and second texts, for a run trained
+    on pairs) then cuts the pieces to ``max_seq_length`` by the run's truncation rule, puts
+    the special tokens around them and right-pads the batch to its longest row. The result is
+    a dict of int32 ``[batch, length]`` tensors, ``input_ids`` and ``attention_mask`` (and
+    ``token_type_ids`` for pairs on backbones that take segment ids): the ids
+    ``tfpeft.data.encode_texts`` gives.
+
+    Args:
+        tokenizer: a transformers fast tokenizer.
+        max_seq_length: int. Maximum tokens per text or pair, special tokens included.
+        truncation: str. ``head``, ``tail`` or ``head_tail``.
+        pairs: bool. Whether the texts come in pairs.
+    """
+
+    def __init__(self, tokenizer, max_seq_length, truncation="head", pairs=False, name=None):
+        super().__init__(name=name)
+        if truncation not in TRUNCATIONS:
+            raise GraphTokenizerError(f"truncation={truncation!r} is none of {', '.join(TRUNCATIONS)}")
+        self.template = SpecialTokenTemplate.read(tokenizer, pairs)
+        budget = max_seq_length - self.template.num_special
+        if budget < (2 if pairs else 1):
+            raise GraphTokenizerError(
+                f"max_seq_length={max_seq_length} leaves no room for text between "
+                f"{self.template.num_special} special tokens"
+            )
+        self.max_seq_length = max_seq_length
+        self.budget = budget
+        self.truncation = truncation
+        self.pairs = pairs
+        self.with_type_ids = pairs and "token_type_ids" in tokenizer.model_input_names
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def tokenize_pieces(self, texts):
+        """Return the int64 piece ids of each cleaned text, a ragged ``[batch, (pieces)]`` tensor."""
+        raise NotImplementedError
+
+    def __call__(self, texts, text_pairs=None):
+        if (text_pairs is not None) != self.pairs:
+            raise GraphTokenizerError(f"this tokenizer was built for pairs={self.pairs}")
+        pieces = [self.tokenize_pieces(texts)]
+        if self.pairs:
+            pieces.append(self.tokenize_pieces(text_pairs))
+            keep = share_budget(pieces[0].row_lengths(), pieces[1].row_lengths(), self.budget)
+        else:
+            keep = [tf.fill([pieces[0].nrows()], tf.constant(self.budget, tf.int64))]
+        pieces = [truncate(ids, num_kept, self.truncation) for ids, num_kept in zip(pieces, keep)]
+
+        batch_size = pieces[0].nrows()
+        id_parts, type_parts = [], []
+        for kind, value, type_ids in self.template.parts:
+            if kind == "text":
+                id_parts.append(pieces[value])
+                type_parts.append(tf.ones_like(pieces[value]) * type_ids)
+            else:
+                id_parts.append(tf.RaggedTensor.from_tensor(tf.tile(tf.constant([value], tf.int64), [batch_size, 1])))
+                type_parts.append(tf.RaggedTensor.from_tensor(tf.tile(tf.constant([type_ids], tf.int64), [batch_size, 1])))
+        token_ids = tf.cast(tf.concat(id_parts, axis=1), tf.int32)
+
+        # An empty batch would come out 0 tokens wide, which the attention layers reject, so it
+        # is padded to the width of the special tokens every text has.
+        min_width = max(self.template.num_special, 1)
+
+        def dense(ragged, value):
+            matrix = ragged.to_tensor(default_value=value)
+            padding = [[0, 0], [0, tf.maximum(min_width - tf.shape(matrix)[1], 0)]]
+            return tf.pad(matrix, padding, constant_values=value)
+
+        outputs = {
+            "input_ids": dense(token_ids, self.pad_token_id),
+            "attention_mask": dense(tf.ones_like(token_ids), 0),
+        }
+        if self.with_type_ids:
+            outputs["token_type_ids"] = dense(tf.cast(tf.concat(type_parts, axis=1), tf.int32), 0)
+        return outputs
+
+
+class WordPieceGraphTokenizer(GraphTokenizer):
     """A WordPiece tokenizer (BERT family) as TF ops, with the Python tokenizer's exact ids.
 
-    Takes a 1-D string tensor of texts already cleaned by ``clean_text_tensor`` and returns
-    ``input_ids`` and ``attention_mask``, int32 ``[batch, length]``: the special tokens around
-    each text, truncated to ``max_seq_length`` by keeping the first tokens, right-padded to
-    the longest text of the batch. These are the ids ``tfpeft.data.encode_texts`` gives.
+    Called on texts already cleaned by ``clean_text_tensor``; see ``GraphTokenizer``.
 
     Args:
         tokenizer: a transformers fast tokenizer whose model is WordPiece.
-        max_seq_length: int. Maximum tokens per text, special tokens included.
+        max_seq_length, truncation, pairs: as for ``GraphTokenizer``.
 
     Raises:
         GraphTokenizerError: a part of the tokenizer has no in-graph form here; the message
             names it.
     """
 
-    def __init__(self, tokenizer, max_seq_length, name="wordpiece_tokenizer"):
-        super().__init__(name=name)
+    def __init__(self, tokenizer, max_seq_length, truncation="head", pairs=False, name="wordpiece_tokenizer"):
+        super().__init__(tokenizer, max_seq_length, truncation, pairs, name=name)
         import tensorflow_text
 
         backend = tokenizer.backend_tokenizer
@@ -217,20 +376,9 @@ class WordPieceGraphTokenizer(tf.Module):
         vocab = sorted(model["vocab"], key=model["vocab"].get)
         if [model["vocab"][token] for token in vocab] != list(range(len(vocab))):
             raise GraphTokenizerError("its WordPiece vocabulary ids are not 0, 1, 2, ... in order")
-
-        prefix, suffix = special_token_ids(tokenizer)
-        if max_seq_length <= len(prefix) + len(suffix):
-            raise GraphTokenizerError(
-                f"max_seq_length={max_seq_length} leaves no room for text between "
-                f"{len(prefix) + len(suffix)} special tokens"
-            )
-        self.max_seq_length = max_seq_length
         self.unknown_token = model["unk_token"]
         self.max_chars_per_word = model["max_input_chars_per_word"]
-        self.prefix_ids = prefix
-        self.suffix_ids = suffix
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.character_map = _character_map(backend)
+        self.character_map = character_map(backend.normalizer, backend.pre_tokenizer)
         self.wordpiece = tensorflow_text.FastWordpieceTokenizer(
             vocab=vocab,
             suffix_indicator=model["continuing_subword_prefix"],
@@ -257,49 +405,31 @@ class WordPieceGraphTokenizer(tf.Module):
         if added:
             raise GraphTokenizerError(f"it has added tokens {added[:5]} that the graph cannot match")
 
-    def __call__(self, texts):
+    def tokenize_pieces(self, texts):
         words = self.character_map.split_words(texts)
 
         # Words longer than the WordPiece limit become the unknown token, as in the Python
         # tokenizer. The unknown token is a vocabulary entry, so it maps to its own id.
         too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
         words = words.with_flat_values(tf.where(too_long, self.unknown_token, words.flat_values))
-        token_ids = self.wordpiece.tokenize(words).merge_dims(1, 2)
-
-        # NOTE: only head truncation of single texts is built. A text pair, or truncation that
-        # keeps the tail, needs its own step here and the pair's special-token template.
-        num_text_tokens = self.max_seq_length - len(self.prefix_ids) - len(self.suffix_ids)
-        token_ids = token_ids[:, :num_text_tokens]
-        batch_size = token_ids.nrows()
-        pieces = [token_ids]
-        if self.prefix_ids:
-            prefix = tf.tile(tf.constant([self.prefix_ids], dtype=tf.int64), [batch_size, 1])
-            pieces.insert(0, tf.RaggedTensor.from_tensor(prefix))
-        if self.suffix_ids:
-            suffix = tf.tile(tf.constant([self.suffix_ids], dtype=tf.int64), [batch_size, 1])
-            pieces.append(tf.RaggedTensor.from_tensor(suffix))
-        token_ids = tf.cast(tf.concat(pieces, axis=1), tf.int32)
-
-        input_ids = token_ids.to_tensor(default_value=self.pad_token_id)
-        attention_mask = tf.ones_like(token_ids).to_tensor(default_value=0)
-        # An empty batch would come out 0 tokens wide, which the attention layers reject, so it
-        # is padded to the width of the special tokens every text has.
-        min_width = max(len(self.prefix_ids) + len(self.suffix_ids), 1)
-        padding = [[0, 0], [0, tf.maximum(min_width - tf.shape(input_ids)[1], 0)]]
-        input_ids = tf.pad(input_ids, padding, constant_values=self.pad_token_id)
-        attention_mask = tf.pad(attention_mask, padding, constant_values=0)
-        return input_ids, attention_mask
+        return self.wordpiece.tokenize(words).merge_dims(1, 2)
 
 
-# One entry per model kind of the `tokenizers` library (the class name of
-# `tokenizer.backend_tokenizer.model`).
-# NOTE: Unigram (SentencePiece: ALBERT, T5, XLM-R) and BPE (GPT-2 and RoBERTa byte-level BPE)
-# have no entry yet, so their exports serve token ids only.
-GRAPH_TOKENIZERS = {"WordPiece": WordPieceGraphTokenizer}
+def _registry():
+    from tfpeft.graph_sentencepiece import SentencePieceGraphTokenizer
+
+    # One entry per model kind of the `tokenizers` library (the class name of
+    # `tokenizer.backend_tokenizer.model`). BPE (GPT-2 and RoBERTa byte-level BPE) has no
+    # TensorFlow Text op, so its exports serve token ids only.
+    return {"WordPiece": WordPieceGraphTokenizer, "Unigram": SentencePieceGraphTokenizer}
 
 
-def build_graph_tokenizer(tokenizer, max_seq_length):
+def build_graph_tokenizer(tokenizer, max_seq_length, truncation="head", pairs=False):
     """Return the in-graph form of a transformers tokenizer.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        max_seq_length, truncation, pairs: as for ``GraphTokenizer``.
 
     Raises:
         GraphTokenizerError: the tokenizer has no in-graph form; the message gives the reason.
@@ -310,9 +440,11 @@ def build_graph_tokenizer(tokenizer, max_seq_length):
             "can be rebuilt in the graph"
         )
     kind = type(tokenizer.backend_tokenizer.model).__name__
-    if kind not in GRAPH_TOKENIZERS:
+    graph_tokenizers = _registry()
+    if kind not in graph_tokenizers:
+        reason = ", which no TensorFlow Text op runs" if kind == "BPE" else ""
         raise GraphTokenizerError(
-            f"{type(tokenizer).__name__} uses a {kind} model, and in-graph tokenizers exist only "
-            f"for: {', '.join(GRAPH_TOKENIZERS)}"
+            f"{type(tokenizer).__name__} uses a {kind} model{reason}, and in-graph tokenizers exist "
+            f"only for: {', '.join(graph_tokenizers)}"
         )
-    return GRAPH_TOKENIZERS[kind](tokenizer, max_seq_length)
+    return graph_tokenizers[kind](tokenizer, max_seq_length, truncation, pairs)
