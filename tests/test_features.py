@@ -132,35 +132,75 @@ def test_find_cut_rules(bert_setup, tiny_family_dir, caplog):
     ]
     gpt2 = tfpeft.load_backbone(tiny_family_dir("gpt2"))
     assert find_cut(gpt2, parse_policy("head"), "last") == Cut("pooled", 2)
-    assert find_cut(gpt2, parse_policy("last_n:1"), "last") is None
+    assert find_cut(gpt2, parse_policy("last_n:1"), "last") == Cut("hidden", 1)
+    # T5's position table lives in block 0 and trains only under last_n:2, where the cut is 0.
+    t5 = tfpeft.load_backbone(tiny_family_dir("t5"))
+    assert find_cut(t5, parse_policy("last_n:1"), "mean") == Cut("hidden", 1)
+    assert find_cut(t5, parse_policy("last_n:2"), "mean") == Cut("hidden", 0)
+    # ALBERT's one shared block runs at all 3 depths, so any trained depth puts the cut at 0.
+    albert = tfpeft.load_backbone(tiny_family_dir("albert"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+        assert find_cut(albert, parse_policy("last_n:1"), "mean") == Cut("hidden", 0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Feature cache: shared_block_0 trains and runs at every depth from 0 up, so the cache holds "
+        "only the embeddings' output"
+    ]
 
 
-@pytest.mark.parametrize("model_type, policy", [
-    ("roberta", "last_n:1"), ("electra", "last_n:2"), ("distilbert", "head"), ("t5", "head"),
-])
-def test_top_model_matches_full_model(model_type, policy, tiny_family_dir):
+FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta-v2", "mpnet", "gpt2", "t5"]
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_top_model_matches_full_model(model_type, tiny_family_dir):
+    """On every family, the top model on cached features gives the full model's logits and gradients."""
+    import tensorflow as tf
+
     backbone = tfpeft.load_backbone(tiny_family_dir(model_type))
     pooling = backbone.spec.poolings[0]
-    model = tfpeft.build_classifier(backbone, 3, pooling=pooling)
-    policy = apply_policy(backbone, policy, pooling=pooling)
-    cut = find_cut(backbone, policy, pooling)
+    model = tfpeft.build_classifier(backbone, 3, pooling=pooling, dropout=0.0)
     texts, _ = tiny.toy_examples(num_per_class=4)
     encoded = tfpeft.data.encode_texts(backbone.tokenizer, texts, 24)
-    features = compute_features(model, backbone, cut, encoded)
-    top = build_top_model(model, backbone, cut, pooling)
-
+    # Texts of 3 to 12 words: most rows of the batch carry padding.
+    assert len(set(encoded.lengths.tolist())) > 3
     mask = (np.arange(encoded.input_ids.shape[1])[None, :] < encoded.lengths[:, None]).astype(np.int32)
-    expected = model({"input_ids": encoded.input_ids, "attention_mask": mask}, training=False).numpy()
-    if cut.kind == "pooled":
-        inputs = {"features": features["values"]}
-    else:
-        rows = np.split(features["values"], np.cumsum(encoded.lengths)[:-1])
-        padded = np.zeros((len(rows), mask.shape[1], backbone.hidden_dim), np.float32)
-        for index, row in enumerate(rows):
-            padded[index, : len(row)] = row
-        inputs = {"features": padded, "attention_mask": mask}
-    np.testing.assert_allclose(top(inputs, training=False).numpy(), expected, atol=1e-5)
-    assert {id(v) for v in top.trainable_variables} <= {id(v) for v in model.trainable_variables}
+    full_inputs = {"input_ids": encoded.input_ids, "attention_mask": mask}
+    labels = np.arange(len(texts)) % 3
+    loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def logits_and_gradients(keras_model, inputs):
+        with tf.GradientTape() as tape:
+            # Inference mode: the tiny configs keep dropout 0.1, which would make both random.
+            logits = keras_model(inputs, training=False)
+            value = loss(labels, logits)
+        return logits.numpy(), tape.gradient(value, model.trainable_variables)
+
+    # last_n:1 cuts above frozen shared tables (T5, MPNet, DeBERTa-v2) and below GPT-2's and
+    # T5's final layer norm; last_n:N cuts at depth 0, where those tables and DeBERTa-v2's
+    # convolution train too.
+    for policy_name in ("head", "last_n:1", f"last_n:{backbone.num_blocks}"):
+        policy = apply_policy(backbone, policy_name, pooling=pooling)
+        cut = find_cut(backbone, policy, pooling)
+        features = compute_features(model, backbone, cut, encoded)
+        top = build_top_model(model, backbone, cut, pooling)
+        if cut.kind == "pooled":
+            inputs = {"features": features["values"]}
+        else:
+            rows = np.split(features["values"], np.cumsum(encoded.lengths)[:-1])
+            padded = np.zeros((len(rows), mask.shape[1], backbone.hidden_dim), np.float32)
+            for index, row in enumerate(rows):
+                padded[index, : len(row)] = row
+            inputs = {"features": padded, "attention_mask": mask}
+        expected, expected_gradients = logits_and_gradients(model, full_inputs)
+        logits, gradients = logits_and_gradients(top, inputs)
+        np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+        assert {id(v) for v in top.trainable_variables} == {id(v) for v in model.trainable_variables}
+        assert len(gradients) == len(expected_gradients) >= (2 if cut.kind == "pooled" else 6)
+        for variable, ours, theirs in zip(model.trainable_variables, gradients, expected_gradients):
+            if theirs is None:  # the pooler under mean pooling
+                assert ours is None, variable.name
+                continue
+            np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), tf.convert_to_tensor(theirs).numpy(), atol=1e-5, rtol=0, err_msg=variable.name)
     assert tf_keras.mixed_precision.global_policy().name == "float32"
 
 

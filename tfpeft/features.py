@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfpeft.block_runners import BlockRunner, supported_families
 from tfpeft.data.pipeline import batch_examples, length_boundaries
 from tfpeft.errors import ConfigError
 
@@ -45,10 +46,6 @@ CACHE_SIZE_VARIABLE = "TFPEFT_CACHE_SIZE_MB"
 DEFAULT_CACHE_SIZE_MB = 8192
 # Bumped whenever the file layout or what a key covers changes, so old files are never read.
 CACHE_FORMAT = 1
-# Families whose blocks are called as block(hidden_states, extended_mask, head_mask,
-# encoder_hidden_states, encoder_attention_mask, past_key_value, output_attentions), with the
-# additive mask (1 - mask) * -10000 that their main layers build.
-BERT_STYLE_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra")
 
 
 def cache_dir():
@@ -181,7 +178,12 @@ class Cut:
 
 
 def find_cut(backbone, policy, pooling, frozen_dropout=False):
-    """Return the ``Cut`` for ``policy``, or None (with one log line) where caching cannot apply."""
+    """Return the ``Cut`` for ``policy``, or None (with one log line) where caching cannot apply.
+
+    The cut is the lowest depth at which a trained part runs. Parts that run at every depth
+    and train (a shared position table under ``last_n`` with K equal to the block count,
+    ALBERT's shared block) put the cut at depth 0, where only the embeddings' output is cached.
+    """
     if frozen_dropout:
         logger.info("Feature cache off: frozen_dropout=True makes the frozen part random while training")
         return None
@@ -192,20 +194,25 @@ def find_cut(backbone, policy, pooling, frozen_dropout=False):
     if not trained:
         return Cut("pooled", backbone.num_blocks)
     model_type = backbone.config.model_type
-    if model_type not in BERT_STYLE_FAMILIES:
+    if model_type not in supported_families():
+        logger.info("Feature cache off: tfpeft cannot run the blocks of a %s backbone apart", model_type)
+        return None
+    parts = {part.name: part for part in backbone.parts()}
+    below = sorted(name for name in trained if parts[name].role in ("embeddings", "other"))
+    if below:
+        logger.info("Feature cache off: policy %s trains parts %s below every block", policy.name, below)
+        return None
+    depths = [depth for name in trained for depth in parts[name].depths]
+    if not depths:
+        logger.info("Feature cache off: policy %s trains only %s, which no block depth runs", policy.name, sorted(trained))
+        return None
+    depth = min(depths)
+    shared = sorted(name for name in trained if parts[name].role == "shared_block" and depth == 0)
+    if shared and policy.num_blocks < backbone.num_blocks:
         logger.info(
-            "Feature cache off: policy %s trains blocks of a %s backbone, whose blocks tfpeft can "
-            "run apart only for %s",
-            policy.name, model_type, ", ".join(BERT_STYLE_FAMILIES),
+            "Feature cache: %s trains and runs at every depth from 0 up, so the cache holds only the "
+            "embeddings' output", ", ".join(shared),
         )
-        return None
-    depth = backbone.num_blocks - (policy.num_blocks or 0)
-    expected = {f"block_{d}" for d in range(depth, backbone.num_blocks)}
-    if pooling == "pooler":
-        expected.add("pooler")
-    if trained != expected:
-        logger.info("Feature cache off: policy %s trains parts %s below the cut", policy.name, sorted(trained - expected))
-        return None
     return Cut("hidden", depth)
 
 
@@ -301,27 +308,6 @@ def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids
     return {"values": values.astype(np.float32), "lengths": encoded.lengths.astype(np.int32)}
 
 
-class ExtendedAttentionMask(tf_keras.layers.Layer):
-    """Turn a ``[batch, length]`` mask into the additive ``[batch, 1, 1, length]`` mask of BERT."""
-
-    def call(self, attention_mask):
-        mask = tf.cast(attention_mask, self.compute_dtype)[:, tf.newaxis, tf.newaxis, :]
-        return (1.0 - mask) * -10000.0
-
-
-class TopBlocks(tf_keras.layers.Layer):
-    """Run a backbone's blocks from the cut up on cached hidden states (BERT-style families)."""
-
-    def __init__(self, blocks, **kwargs):
-        super().__init__(**kwargs)
-        self.blocks = list(blocks)
-
-    def call(self, hidden_states, extended_mask, training=None):
-        for block in self.blocks:
-            hidden_states = block(hidden_states, extended_mask, None, None, None, None, False, training=training)[0]
-        return hidden_states
-
-
 def build_top_model(model, backbone, cut, pooling):
     """Return a tf_keras model that runs what trains above ``cut``, sharing ``model``'s layers.
 
@@ -337,9 +323,10 @@ def build_top_model(model, backbone, cut, pooling):
 
     features = tf_keras.Input(shape=(None, width), dtype=tf.float32, name="features")
     mask = tf_keras.Input(shape=(None,), dtype=tf.int32, name="attention_mask")
-    hidden = TopBlocks(backbone.blocks[cut.depth:], name="top_blocks")(features, ExtendedAttentionMask()(mask))
+    hidden = BlockRunner(backbone, cut.depth, name="top_blocks")(features, mask)
     if pooling == "pooler":
-        pooled = backbone.pooler(hidden)
+        # ALBERT's pooler takes the first token; the other families' poolers pick it themselves.
+        pooled = backbone.pooler(hidden[:, 0] if backbone.config.model_type == "albert" else hidden)
     else:
         pooled = model.get_layer(f"{pooling}_pooling")(hidden, mask)
     logits = head(head_dropout(pooled))
