@@ -61,6 +61,7 @@ SLOW_MODULES = {
     "test_export",
     "test_graph_tokenizers",
     "test_tuning",
+    "test_tuning_cache",
     "test_features",
     "test_lora",
     "test_tfds",

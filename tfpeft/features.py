@@ -308,6 +308,57 @@ def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids
     return {"values": values.astype(np.float32), "lengths": encoded.lengths.astype(np.int32)}
 
 
+def _pool(model, backbone, pooling, hidden, mask):
+    """Pool hidden states as ``model`` does: its pooling layer, or the backbone's pooler."""
+    if pooling == "pooler":
+        # ALBERT's pooler takes the first token; the other families' poolers pick it themselves.
+        return backbone.pooler(hidden[:, 0] if backbone.config.model_type == "albert" else hidden)
+    return model.get_layer(f"{pooling}_pooling")(hidden, mask)
+
+
+def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64, task=None):
+    """Run the frozen blocks between ``source`` and ``cut`` over cached hidden states.
+
+    A deeper freeze needs the features at a higher cut, which are the cached ones after a few
+    more frozen blocks: running those blocks once, in inference mode, gives them without
+    running the embeddings and the blocks below ``source`` again. ``arrays`` are the
+    ``compute_features`` arrays of one split at ``source`` (a hidden cut); the result has the
+    same form at ``cut`` (hidden states at a higher depth, or the pooled features).
+    """
+    if source.kind != "hidden" or not (cut.kind == "pooled" or cut.depth >= source.depth):
+        raise ValueError(f"Cannot derive {cut} from {source}")
+    pooled = cut.kind == "pooled"
+    runner = BlockRunner(backbone, source.depth, backbone.num_blocks if pooled else cut.depth, finish=pooled)
+
+    def run(hidden, mask):
+        hidden = runner(hidden, mask, training=False)
+        return _pool(model, backbone, pooling, hidden, mask) if pooled else hidden
+
+    run = tf.function(run, reduce_retracing=True)
+    lengths = arrays["lengths"]
+    rows = np.split(arrays["values"], np.cumsum(lengths)[:-1]) if len(lengths) else []
+    values = []
+    for start in range(0, len(lengths), batch_size):
+        batch_lengths = lengths[start : start + batch_size]
+        width = max(int(batch_lengths.max()), 1)
+        hidden = np.zeros((len(batch_lengths), width, backbone.hidden_dim), np.float32)
+        for index, row in enumerate(rows[start : start + batch_size]):
+            hidden[index, : len(row)] = row
+        mask = (np.arange(width)[None, :] < batch_lengths[:, None]).astype(np.int32)
+        output = tf.cast(run(tf.constant(hidden), tf.constant(mask)), tf.float32).numpy()
+        if pooled:
+            values.append(output)
+        else:
+            values.extend(row[:length] for row, length in zip(output, batch_lengths))
+        if task is not None:
+            task.advance(len(batch_lengths))
+    if values:
+        values = np.concatenate(values)
+    else:
+        values = np.zeros((0, backbone.hidden_dim), np.float32)
+    return {"values": values.astype(np.float32), "lengths": lengths.astype(np.int32)}
+
+
 def build_top_model(model, backbone, cut, pooling):
     """Return a tf_keras model that runs what trains above ``cut``, sharing ``model``'s layers.
 
@@ -324,11 +375,7 @@ def build_top_model(model, backbone, cut, pooling):
     features = tf_keras.Input(shape=(None, width), dtype=tf.float32, name="features")
     mask = tf_keras.Input(shape=(None,), dtype=tf.int32, name="attention_mask")
     hidden = BlockRunner(backbone, cut.depth, name="top_blocks")(features, mask)
-    if pooling == "pooler":
-        # ALBERT's pooler takes the first token; the other families' poolers pick it themselves.
-        pooled = backbone.pooler(hidden[:, 0] if backbone.config.model_type == "albert" else hidden)
-    else:
-        pooled = model.get_layer(f"{pooling}_pooling")(hidden, mask)
+    pooled = _pool(model, backbone, pooling, hidden, mask)
     logits = head(head_dropout(pooled))
     return tf_keras.Model({"features": features, "attention_mask": mask}, logits, name="top_of_classifier")
 
@@ -389,6 +436,95 @@ class CachedFeatures:
         return dataset.map(to_inputs).prefetch(tf.data.AUTOTUNE)
 
 
+class FeatureSource:
+    """The features of one backbone and data set at any cut, each computed or derived once.
+
+    The first cut asked for is computed from the token ids. With ``source_depth`` set (the
+    shallowest hidden cut a search needs), any cut above it is derived from the features at
+    ``source_depth`` by running only the frozen blocks in between (``derive_features``), and
+    stored under its own key, so a later run at that cut reads it directly. The backbone must
+    hold the weights the features are keyed by (its pretrained ones) whenever a cut is computed
+    or derived.
+
+    Args:
+        model: the full classifier.
+        backbone: its ``Backbone``.
+        data: ``PreparedData``.
+        config: ``TrainingConfig``; ``max_seq_length``, ``truncation`` and ``pooling`` count.
+        store: ``FeatureStore`` or None for the default folder.
+        batch_size: int. Texts per batch of the frozen pass.
+        progress: ``Progress`` or None.
+        source_depth: int or None.
+    """
+
+    def __init__(self, model, backbone, data, config, *, store=None, batch_size=64, progress=None, source_depth=None):
+        self.model = model
+        self.backbone = backbone
+        self.data = data
+        self.config = config
+        self.store = store or FeatureStore()
+        self.batch_size = batch_size
+        self.progress = progress
+        self.source_depth = source_depth
+        self.backbone_hash = backbone_fingerprint(backbone)
+
+    def _settings(self, cut, pooling):
+        settings = {
+            "model_type": self.backbone.config.model_type,
+            "max_seq_length": self.config.max_seq_length,
+            "truncation": self.config.truncation,
+            "dtype_policy": tf_keras.mixed_precision.global_policy().name,
+            "token_type_ids": self.data.token_type_ids,
+        }
+        # Hidden states do not depend on the pooling, so every pooling shares them.
+        if cut.kind == "pooled":
+            settings["pooling"] = pooling
+        return settings
+
+    def _task(self, title, total):
+        return self.progress.task(title, total, "texts") if self.progress else None
+
+    def arrays(self, cut, pooling):
+        """Return ``{split: {"values", "lengths"}}`` at ``cut``: read, derived or computed."""
+        source = None
+        if self.source_depth is not None and (cut.kind == "pooled" or cut.depth > self.source_depth):
+            source = Cut("hidden", self.source_depth)
+        result = {}
+        source_arrays = None
+        for split, encoded in self.data.encoded.items():
+            key = feature_key(self.backbone_hash, encoded, cut, self._settings(cut, pooling))
+            stored = self.store.load(key)
+            if stored is not None:
+                logger.info("Feature cache: reused %s of the %s split (%s)", cut.describe(self.backbone), split, key[:12])
+            elif source is not None:
+                if source_arrays is None:
+                    source_arrays = self.arrays(source, pooling)
+                task = self._task(f"Features of the {split} split from the cache", len(encoded))
+                stored = derive_features(
+                    self.model, self.backbone, source, cut, source_arrays[split], pooling, self.batch_size, task=task
+                )
+                self.store.save(key, stored)
+                logger.info(
+                    "Feature cache: derived %s of the %s split from %s (%s)",
+                    cut.describe(self.backbone), split, source.describe(self.backbone), key[:12],
+                )
+            else:
+                task = self._task(f"Features of the {split} split", len(encoded))
+                stored = compute_features(
+                    self.model, self.backbone, cut, encoded, self.batch_size, self.data.token_type_ids, task=task
+                )
+                self.store.save(key, stored)
+                logger.info("Feature cache: computed %s of the %s split (%s)", cut.describe(self.backbone), split, key[:12])
+            result[split] = stored
+        return result
+
+    def cached(self, cut, pooling, top_model=None):
+        """Return ``CachedFeatures`` at ``cut``, with ``top_model`` or a new one from ``build_top_model``."""
+        arrays = self.arrays(cut, pooling)
+        top_model = top_model or build_top_model(self.model, self.backbone, cut, pooling)
+        return CachedFeatures(cut, top_model, arrays, self.data)
+
+
 def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, batch_size=64, progress=None):
     """Compute or load the features of every split; return ``CachedFeatures`` or None.
 
@@ -400,27 +536,5 @@ def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, 
     cut = find_cut(backbone, policy, config.pooling, config.frozen_dropout)
     if cut is None:
         return None
-    store = store or FeatureStore()
-    backbone_hash = backbone_fingerprint(backbone)
-    settings = {
-        "model_type": backbone.config.model_type,
-        "pooling": config.pooling,
-        "max_seq_length": config.max_seq_length,
-        "truncation": config.truncation,
-        "dtype_policy": tf_keras.mixed_precision.global_policy().name,
-        "token_type_ids": data.token_type_ids,
-    }
-    arrays = {}
-    for split, encoded in data.encoded.items():
-        key = feature_key(backbone_hash, encoded, cut, settings)
-        stored = store.load(key)
-        if stored is None:
-            task = progress.task(f"Features of the {split} split", len(encoded), "texts") if progress else None
-            stored = compute_features(model, backbone, cut, encoded, batch_size, data.token_type_ids, task=task)
-            store.save(key, stored)
-            logger.info("Feature cache: computed %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
-        else:
-            logger.info("Feature cache: reused %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
-        arrays[split] = stored
-    top_model = build_top_model(model, backbone, cut, config.pooling)
-    return CachedFeatures(cut, top_model, arrays, data)
+    source = FeatureSource(model, backbone, data, config, store=store, batch_size=batch_size, progress=progress)
+    return source.cached(cut, config.pooling)
