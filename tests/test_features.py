@@ -13,6 +13,7 @@ import tiny
 from tfpeft.config import TrainingConfig
 from tfpeft.features import (
     Cut,
+    FeatureSource,
     FeatureStore,
     build_top_model,
     compute_features,
@@ -100,6 +101,56 @@ def test_stale_cache_is_not_used(bert_setup, tmp_path, caplog):
     finally:
         table.assign(saved)
     assert store.info()["files"] == 7
+
+
+def test_stale_derived_cache_is_not_used(bert_setup, tmp_path, caplog):
+    """Deeper freezes derived from a shallower cut follow the data and the weights as well."""
+    backbone, model, _, data, config = bert_setup
+    store = FeatureStore(str(tmp_path / "cache"), size_limit=2**30)
+    deeper, pooled = Cut("hidden", 1), Cut("pooled", 2)
+
+    def run(data):
+        caplog.clear()
+        source = FeatureSource(model, backbone, data, config, store=store, source_depth=0)
+        with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+            arrays = {cut: source.arrays(cut, "mean") for cut in (deeper, pooled)}
+        messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Feature cache")]
+        return arrays, [message.split(":")[1].split()[0] for message in messages]
+
+    def direct(cut, split="train"):
+        return compute_features(model, backbone, cut, data.encoded[split])["values"]
+
+    first, actions = run(data)
+    # The source cut is computed once, then each deeper cut is derived from it, split by split.
+    assert actions == ["computed"] * 3 + ["derived"] * 3 + ["reused"] * 3 + ["derived"] * 3
+    for cut in (deeper, pooled):
+        np.testing.assert_allclose(first[cut]["train"]["values"], direct(cut), atol=1e-5, rtol=0)
+    again, actions = run(data)
+    assert actions == ["reused"] * 6
+    np.testing.assert_array_equal(again[pooled]["train"]["values"], first[pooled]["train"]["values"])
+
+    # Other texts in the training split: that split is derived again from a new source.
+    changed = prepare_data(config.replace(max_train_samples=30), backbone.tokenizer, splits=data.splits)
+    _, actions = run(changed)
+    assert actions == [
+        "computed", "reused", "reused", "derived", "reused", "reused",
+        "reused", "reused", "reused", "derived", "reused", "reused",
+    ]
+
+    # Changed weights of a block the derivation runs (its output LayerNorm's offset, which
+    # moves its outputs directly): nothing stored before is read.
+    kernel = backbone.blocks[0].weights[-1]
+    assert "LayerNorm/beta" in kernel.name
+    saved = kernel.numpy()
+    try:
+        kernel.assign(saved + np.random.default_rng(1).normal(size=saved.shape).astype(np.float32))
+        updated, actions = run(data)
+        assert actions == ["computed"] * 3 + ["derived"] * 3 + ["reused"] * 3 + ["derived"] * 3
+        for cut in (deeper, pooled):
+            np.testing.assert_allclose(updated[cut]["train"]["values"], direct(cut), atol=1e-5, rtol=0)
+            assert not np.allclose(updated[cut]["train"]["values"], first[cut]["train"]["values"], atol=1e-3)
+    finally:
+        kernel.assign(saved)
 
 
 def test_least_recently_used_file_is_evicted(tmp_path):

@@ -316,15 +316,8 @@ def _pool(model, backbone, pooling, hidden, mask):
     return model.get_layer(f"{pooling}_pooling")(hidden, mask)
 
 
-def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64, task=None):
-    """Run the frozen blocks between ``source`` and ``cut`` over cached hidden states.
-
-    A deeper freeze needs the features at a higher cut, which are the cached ones after a few
-    more frozen blocks: running those blocks once, in inference mode, gives them without
-    running the embeddings and the blocks below ``source`` again. ``arrays`` are the
-    ``compute_features`` arrays of one split at ``source`` (a hidden cut); the result has the
-    same form at ``cut`` (hidden states at a higher depth, or the pooled features).
-    """
+def _deriver(model, backbone, source, cut, pooling):
+    """Return a ``tf.function`` that runs the frozen blocks from ``source`` up to ``cut``."""
     if source.kind != "hidden" or not (cut.kind == "pooled" or cut.depth >= source.depth):
         raise ValueError(f"Cannot derive {cut} from {source}")
     pooled = cut.kind == "pooled"
@@ -334,7 +327,21 @@ def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64
         hidden = runner(hidden, mask, training=False)
         return _pool(model, backbone, pooling, hidden, mask) if pooled else hidden
 
-    run = tf.function(run, reduce_retracing=True)
+    return tf.function(run, reduce_retracing=True)
+
+
+def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64, task=None, run=None):
+    """Run the frozen blocks between ``source`` and ``cut`` over cached hidden states.
+
+    A deeper freeze needs the features at a higher cut, which are the cached ones after a few
+    more frozen blocks: running those blocks once, in inference mode, gives them without
+    running the embeddings and the blocks below ``source`` again. ``arrays`` are the
+    ``compute_features`` arrays of one split at ``source`` (a hidden cut); the result has the
+    same form at ``cut`` (hidden states at a higher depth, or the pooled features). ``run``
+    is a function from ``_deriver`` to reuse across splits, or None for a new one.
+    """
+    run = run or _deriver(model, backbone, source, cut, pooling)
+    pooled = cut.kind == "pooled"
     lengths = arrays["lengths"]
     rows = np.split(arrays["values"], np.cumsum(lengths)[:-1]) if len(lengths) else []
     values = []
@@ -490,7 +497,7 @@ class FeatureSource:
         if self.source_depth is not None and (cut.kind == "pooled" or cut.depth > self.source_depth):
             source = Cut("hidden", self.source_depth)
         result = {}
-        source_arrays = None
+        source_arrays = run = None
         for split, encoded in self.data.encoded.items():
             key = feature_key(self.backbone_hash, encoded, cut, self._settings(cut, pooling))
             stored = self.store.load(key)
@@ -499,9 +506,11 @@ class FeatureSource:
             elif source is not None:
                 if source_arrays is None:
                     source_arrays = self.arrays(source, pooling)
+                    run = _deriver(self.model, self.backbone, source, cut, pooling)
                 task = self._task(f"Features of the {split} split from the cache", len(encoded))
                 stored = derive_features(
-                    self.model, self.backbone, source, cut, source_arrays[split], pooling, self.batch_size, task=task
+                    self.model, self.backbone, source, cut, source_arrays[split], pooling, self.batch_size,
+                    task=task, run=run,
                 )
                 self.store.save(key, stored)
                 logger.info(
