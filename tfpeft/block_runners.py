@@ -143,7 +143,7 @@ def _run_t5(runner, hidden, mask, training):
     main = runner.main_layer
     extended = _additive_mask(mask, hidden.dtype, -1e9)
     length = tf.shape(hidden)[1]
-    # Block 0's attention owns the table; the main layer hands its bias plus the mask to every
+    # Block 0's attention owns the table. The main layer hands its bias plus the mask to every
     # later block, and block 0 adds the mask to its own bias the same way.
     table_owner = main.block[0].layer[0].SelfAttention
     position_bias = tf.cast(table_owner.compute_bias(length, length), extended.dtype) + extended

@@ -5,21 +5,28 @@ blocks) is frozen and runs in inference mode, so its output depends only on the 
 module splits the classifier at the cut, the first depth that trains:
 
 - for ``head`` the whole backbone is frozen, and the cache holds the pooled features, one
-  vector per text, on every registered family;
-- for ``last_n:K`` on families whose blocks take BERT's call (``BERT_STYLE_FAMILIES``), the
-  cache holds the hidden states that enter the first trained block, one row per real token.
+  vector per text;
+- for ``last_n:K`` the cache holds the hidden states that enter the lowest block a trained
+  part runs at (block N-K; block 0 where a trained shared part runs at every depth), one row
+  per real token, on every registered family.
 
-A small Keras model (``TopModel``) then runs only the trained blocks, the pooling and the head
-on the cached tensors. It is built from the full classifier's own layers, so training it
-updates the full classifier's variables: evaluation, saving and export see the trained
-weights with nothing copied back. With ``frozen_dropout=True`` the frozen bottom is random
-while training, and the cache is off.
+A small Keras model (``build_top_model``) then runs only the trained blocks (``BlockRunner``
+calls each family's blocks as its main layer does), the pooling and the head on the cached
+tensors. It is built from the full classifier's own layers, so training it updates the full
+classifier's variables: evaluation, saving and export see the trained weights with nothing
+copied back. With ``frozen_dropout=True`` the frozen bottom is random while training, and the
+cache is off.
+
+``FeatureSource`` serves every cut of one backbone and data set. A search whose trials freeze
+at different depths computes the features once at the shallowest cut, and derives each deeper
+cut (``derive_features``) by running only the frozen blocks between the two, once; the result
+is stored under the deeper cut's own key, as if it had been computed from the token ids.
 
 Caches live in ``TFPEFT_CACHE_DIR`` (default ``~/.cache/tfpeft``, or ``$XDG_CACHE_HOME/tfpeft``),
 one ``.npz`` file per split and cut, named by a hash of everything the features depend on:
 the backbone weights, the tokenizer, the token ids of the split (which follow from the texts,
-``max_seq_length`` and the truncation), the cut and the dtype policy. Any change gives another
-name, so a stale cache is never read. The folder is kept under ``TFPEFT_CACHE_SIZE_MB``
+``max_seq_length`` and the truncation), the cut, the pooling of pooled features and the dtype
+policy. Any change gives another name, so a stale cache is never read. The folder is kept under ``TFPEFT_CACHE_SIZE_MB``
 (default 8192) by deleting the least recently used files.
 """
 
@@ -45,7 +52,7 @@ CACHE_DIR_VARIABLE = "TFPEFT_CACHE_DIR"
 CACHE_SIZE_VARIABLE = "TFPEFT_CACHE_SIZE_MB"
 DEFAULT_CACHE_SIZE_MB = 8192
 # Bumped whenever the file layout or what a key covers changes, so old files are never read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def cache_dir():
@@ -336,7 +343,7 @@ def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64
     A deeper freeze needs the features at a higher cut, which are the cached ones after a few
     more frozen blocks: running those blocks once, in inference mode, gives them without
     running the embeddings and the blocks below ``source`` again. ``arrays`` are the
-    ``compute_features`` arrays of one split at ``source`` (a hidden cut); the result has the
+    ``compute_features`` arrays of one split at ``source`` (a hidden cut). The result has the
     same form at ``cut`` (hidden states at a higher depth, or the pooled features). ``run``
     is a function from ``_deriver`` to reuse across splits, or None for a new one.
     """
@@ -446,10 +453,10 @@ class CachedFeatures:
 class FeatureSource:
     """The features of one backbone and data set at any cut, each computed or derived once.
 
-    The first cut asked for is computed from the token ids. With ``source_depth`` set (the
-    shallowest hidden cut a search needs), any cut above it is derived from the features at
-    ``source_depth`` by running only the frozen blocks in between (``derive_features``), and
-    stored under its own key, so a later run at that cut reads it directly. The backbone must
+    Without ``source_depth``, every cut is computed from the token ids. ``source_depth`` is the
+    shallowest hidden cut a search needs: any cut above it is derived from the features there
+    by running only the frozen blocks in between (``derive_features``). A derived cut is stored
+    under its own key, so a later run at that cut reads it directly. The backbone must
     hold the weights the features are keyed by (its pretrained ones) whenever a cut is computed
     or derived.
 

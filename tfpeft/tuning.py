@@ -11,6 +11,11 @@ they continue from the weights their earlier run saved. Trials that share the se
 into a train function (policy, dropout, weight decay, ...) also share one compiled model, so
 memory stays flat however many trials run.
 
+Under ``head`` and ``last_n:K`` trials train on cached features. The search computes them once
+at the shallowest cut any trial needs (the largest ``unfreeze_depth``), derives each deeper
+freeze from them by running the frozen blocks in between (``tfpeft.features.FeatureSource``),
+and trains a compiled top model per traced settings on the cached tensors.
+
 KerasTuner can spread one search over several machines (a chief oracle and workers found
 through ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT``). ``tune`` rejects that mode:
 its trial summaries, ``trials.csv`` and the Hyperband checkpoints live in one local folder, and
