@@ -54,6 +54,22 @@ def test_cache_matches_naive_weights(policy, tiny_bert_no_dropout_dir, toy_csv, 
         assert cached.results["test"][key] == pytest.approx(naive.results["test"][key], abs=1e-5)
 
 
+@pytest.mark.parametrize("model_type, policy", [("t5", "last_n:2"), ("gpt2", "last_n:1"), ("deberta-v2", "last_n:1")])
+def test_cache_matches_naive_weights_on_other_families(model_type, policy, toy_csv, tmp_path):
+    """Families with a final layer norm, a position table and a convolution train the same on the cache."""
+    folder = tiny.save_tiny_backbone(model_type, str(tmp_path / model_type), **tiny.no_dropout(model_type))
+    cached = _train(folder, toy_csv, str(tmp_path / "cached"), policy, True)
+    naive = _train(folder, toy_csv, str(tmp_path / "naive"), policy, False)
+    assert cached.results["train_seconds"] > 0
+    cached_weights = cached.classifier.model.get_weights()
+    naive_weights = naive.classifier.model.get_weights()
+    assert len(cached_weights) == len(naive_weights)
+    for ours, theirs in zip(cached_weights, naive_weights):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert cached.results["history"]["loss"] == pytest.approx(naive.results["history"]["loss"], abs=1e-5)
+    assert cached.results["history"]["loss"][-1] < cached.results["history"]["loss"][0]
+
+
 @pytest.fixture(scope="module")
 def bert_setup(tiny_bert_dir, toy_csv):
     backbone = tfpeft.load_backbone(tiny_bert_dir)
