@@ -1,6 +1,8 @@
 """A search on cached features: each cut computed once, deeper freezes derived, same trials as without."""
 
+import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -29,7 +31,11 @@ def _search(folder, csv, output_dir, feature_cache, monkeypatch, cache_dir):
         max_seq_length=16, per_device_train_batch_size=8, classifier_dropout=0.0, seed=5, verbose=0,
     )
     monkeypatch.undo()
-    rows = {int(row["unfreeze_depth"]): row for row in result.trials}
+    rows = {}
+    for row in result.trials:
+        path = os.path.join(output_dir, "tuning", "trials", f"trial_{row['trial_id']}", "summary.json")
+        with open(path, encoding="utf-8") as file:
+            rows[int(row["unfreeze_depth"])] = {**row, "feature_cache": json.load(file)["feature_cache"]}
     return rows, weights
 
 
@@ -70,6 +76,12 @@ def test_cached_trials_equal_naive_trials(searches):
         assert len(cached_weights[depth]) == len(naive_weights[depth])
         for ours, theirs in zip(cached_weights[depth], naive_weights[depth]):
             np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert [naive_rows[depth]["feature_cache"] for depth in (0, 1, 2)] == ["off"] * 3
+    assert [cached_rows[depth]["feature_cache"] for depth in (0, 1, 2)] == [
+        "the pooled features of the frozen backbone",
+        "the hidden states entering block 1 of 2",
+        "the hidden states entering block 0 of 2",
+    ]
     # The trials trained: each one's head moved away from the shared initial head.
     heads = [cached_weights[depth][-1] for depth in (0, 1, 2)]
     assert not np.allclose(heads[0], heads[1], atol=1e-4)

@@ -311,7 +311,8 @@ def _feature_source(model, backbone, data, config, space, progress):
     if not config.feature_cache:
         logger.info("Feature cache off: feature_cache=False")
         return None
-    cuts = [find_cut(backbone, parse_policy(name), config.pooling, config.frozen_dropout) for name in _searched_policies(config, space)]
+    policies = [parse_policy(name) for name in _searched_policies(config, space)]
+    cuts = [find_cut(backbone, policy, config.pooling, config.frozen_dropout) for policy in policies]
     cuts = [cut for cut in cuts if cut is not None]
     if not cuts:
         return None
