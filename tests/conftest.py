@@ -62,6 +62,7 @@ SLOW_MODULES = {
     "test_graph_tokenizers",
     "test_graph_sentencepiece",
     "test_tuning",
+    "test_tuning_cache",
     "test_features",
     "test_lora",
     "test_tfds",

@@ -13,6 +13,7 @@ import tiny
 from tfpeft.config import TrainingConfig
 from tfpeft.features import (
     Cut,
+    FeatureSource,
     FeatureStore,
     build_top_model,
     compute_features,
@@ -51,6 +52,22 @@ def test_cache_matches_naive_weights(policy, tiny_bert_no_dropout_dir, toy_csv, 
     assert cached.results["history"]["loss"] == pytest.approx(naive.results["history"]["loss"], abs=1e-5)
     for key in ("loss", "accuracy", "macro_f1"):
         assert cached.results["test"][key] == pytest.approx(naive.results["test"][key], abs=1e-5)
+
+
+@pytest.mark.parametrize("model_type, policy", [("t5", "last_n:2"), ("gpt2", "last_n:1"), ("deberta-v2", "last_n:1")])
+def test_cache_matches_naive_weights_on_other_families(model_type, policy, toy_csv, tmp_path):
+    """Families with a final layer norm, a position table and a convolution train the same on the cache."""
+    folder = tiny.save_tiny_backbone(model_type, str(tmp_path / model_type), **tiny.no_dropout(model_type))
+    cached = _train(folder, toy_csv, str(tmp_path / "cached"), policy, True)
+    naive = _train(folder, toy_csv, str(tmp_path / "naive"), policy, False)
+    assert cached.results["train_seconds"] > 0
+    cached_weights = cached.classifier.model.get_weights()
+    naive_weights = naive.classifier.model.get_weights()
+    assert len(cached_weights) == len(naive_weights)
+    for ours, theirs in zip(cached_weights, naive_weights):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert cached.results["history"]["loss"] == pytest.approx(naive.results["history"]["loss"], abs=1e-5)
+    assert cached.results["history"]["loss"][-1] < cached.results["history"]["loss"][0]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +119,56 @@ def test_stale_cache_is_not_used(bert_setup, tmp_path, caplog):
     assert store.info()["files"] == 7
 
 
+def test_stale_derived_cache_is_not_used(bert_setup, tmp_path, caplog):
+    """Deeper freezes derived from a shallower cut follow the data and the weights as well."""
+    backbone, model, _, data, config = bert_setup
+    store = FeatureStore(str(tmp_path / "cache"), size_limit=2**30)
+    deeper, pooled = Cut("hidden", 1), Cut("pooled", 2)
+
+    def run(data):
+        caplog.clear()
+        source = FeatureSource(model, backbone, data, config, store=store, source_depth=0)
+        with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+            arrays = {cut: source.arrays(cut, "mean") for cut in (deeper, pooled)}
+        messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Feature cache")]
+        return arrays, [message.split(":")[1].split()[0] for message in messages]
+
+    def direct(cut, split="train"):
+        return compute_features(model, backbone, cut, data.encoded[split])["values"]
+
+    first, actions = run(data)
+    # The source cut is computed once, then each deeper cut is derived from it, split by split.
+    assert actions == ["computed"] * 3 + ["derived"] * 3 + ["reused"] * 3 + ["derived"] * 3
+    for cut in (deeper, pooled):
+        np.testing.assert_allclose(first[cut]["train"]["values"], direct(cut), atol=1e-5, rtol=0)
+    again, actions = run(data)
+    assert actions == ["reused"] * 6
+    np.testing.assert_array_equal(again[pooled]["train"]["values"], first[pooled]["train"]["values"])
+
+    # Other texts in the training split: that split is derived again from a new source.
+    changed = prepare_data(config.replace(max_train_samples=30), backbone.tokenizer, splits=data.splits)
+    _, actions = run(changed)
+    assert actions == [
+        "computed", "reused", "reused", "derived", "reused", "reused",
+        "reused", "reused", "reused", "derived", "reused", "reused",
+    ]
+
+    # Changed weights of a block the derivation runs (its output LayerNorm's offset, which
+    # moves its outputs directly): nothing stored before is read.
+    kernel = backbone.blocks[0].weights[-1]
+    assert "LayerNorm/beta" in kernel.name
+    saved = kernel.numpy()
+    try:
+        kernel.assign(saved + np.random.default_rng(1).normal(size=saved.shape).astype(np.float32))
+        updated, actions = run(data)
+        assert actions == ["computed"] * 3 + ["derived"] * 3 + ["reused"] * 3 + ["derived"] * 3
+        for cut in (deeper, pooled):
+            np.testing.assert_allclose(updated[cut]["train"]["values"], direct(cut), atol=1e-5, rtol=0)
+            assert not np.allclose(updated[cut]["train"]["values"], first[cut]["train"]["values"], atol=1e-3)
+    finally:
+        kernel.assign(saved)
+
+
 def test_least_recently_used_file_is_evicted(tmp_path):
     store = FeatureStore(str(tmp_path), size_limit=10**9)
     arrays = {"values": np.zeros(1000, np.float32)}
@@ -132,35 +199,75 @@ def test_find_cut_rules(bert_setup, tiny_family_dir, caplog):
     ]
     gpt2 = tfpeft.load_backbone(tiny_family_dir("gpt2"))
     assert find_cut(gpt2, parse_policy("head"), "last") == Cut("pooled", 2)
-    assert find_cut(gpt2, parse_policy("last_n:1"), "last") is None
+    assert find_cut(gpt2, parse_policy("last_n:1"), "last") == Cut("hidden", 1)
+    # T5's position table lives in block 0 and trains only under last_n:2, where the cut is 0.
+    t5 = tfpeft.load_backbone(tiny_family_dir("t5"))
+    assert find_cut(t5, parse_policy("last_n:1"), "mean") == Cut("hidden", 1)
+    assert find_cut(t5, parse_policy("last_n:2"), "mean") == Cut("hidden", 0)
+    # ALBERT's one shared block runs at all 3 depths, so any trained depth puts the cut at 0.
+    albert = tfpeft.load_backbone(tiny_family_dir("albert"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfpeft.features"):
+        assert find_cut(albert, parse_policy("last_n:1"), "mean") == Cut("hidden", 0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Feature cache: shared_block_0 trains and runs at every depth from 0 up, so the cache holds "
+        "only the embeddings' output"
+    ]
 
 
-@pytest.mark.parametrize("model_type, policy", [
-    ("roberta", "last_n:1"), ("electra", "last_n:2"), ("distilbert", "head"), ("t5", "head"),
-])
-def test_top_model_matches_full_model(model_type, policy, tiny_family_dir):
+FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta-v2", "mpnet", "gpt2", "t5"]
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_top_model_matches_full_model(model_type, tiny_family_dir):
+    """On every family, the top model on cached features gives the full model's logits and gradients."""
+    import tensorflow as tf
+
     backbone = tfpeft.load_backbone(tiny_family_dir(model_type))
     pooling = backbone.spec.poolings[0]
-    model = tfpeft.build_classifier(backbone, 3, pooling=pooling)
-    policy = apply_policy(backbone, policy, pooling=pooling)
-    cut = find_cut(backbone, policy, pooling)
+    model = tfpeft.build_classifier(backbone, 3, pooling=pooling, dropout=0.0)
     texts, _ = tiny.toy_examples(num_per_class=4)
     encoded = tfpeft.data.encode_texts(backbone.tokenizer, texts, 24)
-    features = compute_features(model, backbone, cut, encoded)
-    top = build_top_model(model, backbone, cut, pooling)
-
+    # Texts of 3 to 12 words: most rows of the batch carry padding.
+    assert len(set(encoded.lengths.tolist())) > 3
     mask = (np.arange(encoded.input_ids.shape[1])[None, :] < encoded.lengths[:, None]).astype(np.int32)
-    expected = model({"input_ids": encoded.input_ids, "attention_mask": mask}, training=False).numpy()
-    if cut.kind == "pooled":
-        inputs = {"features": features["values"]}
-    else:
-        rows = np.split(features["values"], np.cumsum(encoded.lengths)[:-1])
-        padded = np.zeros((len(rows), mask.shape[1], backbone.hidden_dim), np.float32)
-        for index, row in enumerate(rows):
-            padded[index, : len(row)] = row
-        inputs = {"features": padded, "attention_mask": mask}
-    np.testing.assert_allclose(top(inputs, training=False).numpy(), expected, atol=1e-5)
-    assert {id(v) for v in top.trainable_variables} <= {id(v) for v in model.trainable_variables}
+    full_inputs = {"input_ids": encoded.input_ids, "attention_mask": mask}
+    labels = np.arange(len(texts)) % 3
+    loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def logits_and_gradients(keras_model, inputs):
+        with tf.GradientTape() as tape:
+            # Inference mode: the tiny configs keep dropout 0.1, which would make both random.
+            logits = keras_model(inputs, training=False)
+            value = loss(labels, logits)
+        return logits.numpy(), tape.gradient(value, model.trainable_variables)
+
+    # last_n:1 cuts above frozen shared tables (T5, MPNet, DeBERTa-v2) and below GPT-2's and
+    # T5's final layer norm; last_n:N cuts at depth 0, where those tables and DeBERTa-v2's
+    # convolution train too.
+    for policy_name in ("head", "last_n:1", f"last_n:{backbone.num_blocks}"):
+        policy = apply_policy(backbone, policy_name, pooling=pooling)
+        cut = find_cut(backbone, policy, pooling)
+        features = compute_features(model, backbone, cut, encoded)
+        top = build_top_model(model, backbone, cut, pooling)
+        if cut.kind == "pooled":
+            inputs = {"features": features["values"]}
+        else:
+            rows = np.split(features["values"], np.cumsum(encoded.lengths)[:-1])
+            padded = np.zeros((len(rows), mask.shape[1], backbone.hidden_dim), np.float32)
+            for index, row in enumerate(rows):
+                padded[index, : len(row)] = row
+            inputs = {"features": padded, "attention_mask": mask}
+        expected, expected_gradients = logits_and_gradients(model, full_inputs)
+        logits, gradients = logits_and_gradients(top, inputs)
+        np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+        assert {id(v) for v in top.trainable_variables} == {id(v) for v in model.trainable_variables}
+        assert len(gradients) == len(expected_gradients) >= (2 if cut.kind == "pooled" else 6)
+        for variable, ours, theirs in zip(model.trainable_variables, gradients, expected_gradients):
+            if theirs is None:  # the pooler under mean pooling
+                assert ours is None, variable.name
+                continue
+            np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), tf.convert_to_tensor(theirs).numpy(), atol=1e-5, rtol=0, err_msg=variable.name)
     assert tf_keras.mixed_precision.global_policy().name == "float32"
 
 

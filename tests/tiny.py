@@ -189,7 +189,21 @@ def tiny_tokenizer(model_type, folder):
     raise ValueError(f"no tiny tokenizer for model_type {model_type!r}")
 
 
-def save_tiny_backbone(model_type, folder, seed=0):
+# The config fields that set every dropout rate of a family.
+DROPOUT_FIELDS = {
+    "distilbert": ("dropout", "attention_dropout"),
+    "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    "t5": ("dropout_rate",),
+}
+
+
+def no_dropout(model_type):
+    """Return the config overrides that set every dropout rate of ``model_type`` to 0."""
+    fields = DROPOUT_FIELDS.get(model_type, ("hidden_dropout_prob", "attention_probs_dropout_prob"))
+    return {field: 0.0 for field in fields}
+
+
+def save_tiny_backbone(model_type, folder, seed=0, **overrides):
     """Write a random tiny backbone of ``model_type`` and its tokenizer with save_pretrained."""
     import tempfile
 
@@ -205,7 +219,7 @@ def save_tiny_backbone(model_type, folder, seed=0):
     vocab_size = max(tokenizer.get_vocab().values()) + 1
 
     tf.keras.utils.set_random_seed(seed)
-    config = getattr(transformers, config_class)(**{**settings, "vocab_size": vocab_size})
+    config = getattr(transformers, config_class)(**{**settings, "vocab_size": vocab_size, **overrides})
     model = getattr(transformers, model_class)(config)
     model(model.dummy_inputs)
     model.save_pretrained(folder)

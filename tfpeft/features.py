@@ -5,21 +5,28 @@ blocks) is frozen and runs in inference mode, so its output depends only on the 
 module splits the classifier at the cut, the first depth that trains:
 
 - for ``head`` the whole backbone is frozen, and the cache holds the pooled features, one
-  vector per text, on every registered family;
-- for ``last_n:K`` on families whose blocks take BERT's call (``BERT_STYLE_FAMILIES``), the
-  cache holds the hidden states that enter the first trained block, one row per real token.
+  vector per text;
+- for ``last_n:K`` the cache holds the hidden states that enter the lowest block a trained
+  part runs at (block N-K; block 0 where a trained shared part runs at every depth), one row
+  per real token, on every registered family.
 
-A small Keras model (``TopModel``) then runs only the trained blocks, the pooling and the head
-on the cached tensors. It is built from the full classifier's own layers, so training it
-updates the full classifier's variables: evaluation, saving and export see the trained
-weights with nothing copied back. With ``frozen_dropout=True`` the frozen bottom is random
-while training, and the cache is off.
+A small Keras model (``build_top_model``) then runs only the trained blocks (``BlockRunner``
+calls each family's blocks as its main layer does), the pooling and the head on the cached
+tensors. It is built from the full classifier's own layers, so training it updates the full
+classifier's variables: evaluation, saving and export see the trained weights with nothing
+copied back. With ``frozen_dropout=True`` the frozen bottom is random while training, and the
+cache is off.
+
+``FeatureSource`` serves every cut of one backbone and data set. A search whose trials freeze
+at different depths computes the features once at the shallowest cut, and derives each deeper
+cut (``derive_features``) by running only the frozen blocks between the two, once; the result
+is stored under the deeper cut's own key, as if it had been computed from the token ids.
 
 Caches live in ``TFPEFT_CACHE_DIR`` (default ``~/.cache/tfpeft``, or ``$XDG_CACHE_HOME/tfpeft``),
 one ``.npz`` file per split and cut, named by a hash of everything the features depend on:
 the backbone weights, the tokenizer, the token ids of the split (which follow from the texts,
-``max_seq_length`` and the truncation), the cut and the dtype policy. Any change gives another
-name, so a stale cache is never read. The folder is kept under ``TFPEFT_CACHE_SIZE_MB``
+``max_seq_length`` and the truncation), the cut, the pooling of pooled features and the dtype
+policy. Any change gives another name, so a stale cache is never read. The folder is kept under ``TFPEFT_CACHE_SIZE_MB``
 (default 8192) by deleting the least recently used files.
 """
 
@@ -35,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfpeft.block_runners import BlockRunner, supported_families
 from tfpeft.data.pipeline import batch_examples, length_boundaries
 from tfpeft.errors import ConfigError
 
@@ -44,11 +52,7 @@ CACHE_DIR_VARIABLE = "TFPEFT_CACHE_DIR"
 CACHE_SIZE_VARIABLE = "TFPEFT_CACHE_SIZE_MB"
 DEFAULT_CACHE_SIZE_MB = 8192
 # Bumped whenever the file layout or what a key covers changes, so old files are never read.
-CACHE_FORMAT = 1
-# Families whose blocks are called as block(hidden_states, extended_mask, head_mask,
-# encoder_hidden_states, encoder_attention_mask, past_key_value, output_attentions), with the
-# additive mask (1 - mask) * -10000 that their main layers build.
-BERT_STYLE_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra")
+CACHE_FORMAT = 2
 
 
 def cache_dir():
@@ -181,7 +185,12 @@ class Cut:
 
 
 def find_cut(backbone, policy, pooling, frozen_dropout=False):
-    """Return the ``Cut`` for ``policy``, or None (with one log line) where caching cannot apply."""
+    """Return the ``Cut`` for ``policy``, or None (with one log line) where caching cannot apply.
+
+    The cut is the lowest depth at which a trained part runs. Parts that run at every depth
+    and train (a shared position table under ``last_n`` with K equal to the block count,
+    ALBERT's shared block) put the cut at depth 0, where only the embeddings' output is cached.
+    """
     if frozen_dropout:
         logger.info("Feature cache off: frozen_dropout=True makes the frozen part random while training")
         return None
@@ -192,20 +201,25 @@ def find_cut(backbone, policy, pooling, frozen_dropout=False):
     if not trained:
         return Cut("pooled", backbone.num_blocks)
     model_type = backbone.config.model_type
-    if model_type not in BERT_STYLE_FAMILIES:
+    if model_type not in supported_families():
+        logger.info("Feature cache off: tfpeft cannot run the blocks of a %s backbone apart", model_type)
+        return None
+    parts = {part.name: part for part in backbone.parts()}
+    below = sorted(name for name in trained if parts[name].role in ("embeddings", "other"))
+    if below:
+        logger.info("Feature cache off: policy %s trains parts %s below every block", policy.name, below)
+        return None
+    depths = [depth for name in trained for depth in parts[name].depths]
+    if not depths:
+        logger.info("Feature cache off: policy %s trains only %s, which no block depth runs", policy.name, sorted(trained))
+        return None
+    depth = min(depths)
+    shared = sorted(name for name in trained if parts[name].role == "shared_block" and depth == 0)
+    if shared and policy.num_blocks < backbone.num_blocks:
         logger.info(
-            "Feature cache off: policy %s trains blocks of a %s backbone, whose blocks tfpeft can "
-            "run apart only for %s",
-            policy.name, model_type, ", ".join(BERT_STYLE_FAMILIES),
+            "Feature cache: %s trains and runs at every depth from 0 up, so the cache holds only the "
+            "embeddings' output", ", ".join(shared),
         )
-        return None
-    depth = backbone.num_blocks - (policy.num_blocks or 0)
-    expected = {f"block_{d}" for d in range(depth, backbone.num_blocks)}
-    if pooling == "pooler":
-        expected.add("pooler")
-    if trained != expected:
-        logger.info("Feature cache off: policy %s trains parts %s below the cut", policy.name, sorted(trained - expected))
-        return None
     return Cut("hidden", depth)
 
 
@@ -301,25 +315,62 @@ def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids
     return {"values": values.astype(np.float32), "lengths": encoded.lengths.astype(np.int32)}
 
 
-class ExtendedAttentionMask(tf_keras.layers.Layer):
-    """Turn a ``[batch, length]`` mask into the additive ``[batch, 1, 1, length]`` mask of BERT."""
+def _pool(model, backbone, pooling, hidden, mask):
+    """Pool hidden states as ``model`` does: its pooling layer, or the backbone's pooler."""
+    if pooling == "pooler":
+        # ALBERT's pooler takes the first token; the other families' poolers pick it themselves.
+        return backbone.pooler(hidden[:, 0] if backbone.config.model_type == "albert" else hidden)
+    return model.get_layer(f"{pooling}_pooling")(hidden, mask)
 
-    def call(self, attention_mask):
-        mask = tf.cast(attention_mask, self.compute_dtype)[:, tf.newaxis, tf.newaxis, :]
-        return (1.0 - mask) * -10000.0
+
+def _deriver(model, backbone, source, cut, pooling):
+    """Return a ``tf.function`` that runs the frozen blocks from ``source`` up to ``cut``."""
+    if source.kind != "hidden" or not (cut.kind == "pooled" or cut.depth >= source.depth):
+        raise ValueError(f"Cannot derive {cut} from {source}")
+    pooled = cut.kind == "pooled"
+    runner = BlockRunner(backbone, source.depth, backbone.num_blocks if pooled else cut.depth, finish=pooled)
+
+    def run(hidden, mask):
+        hidden = runner(hidden, mask, training=False)
+        return _pool(model, backbone, pooling, hidden, mask) if pooled else hidden
+
+    return tf.function(run, reduce_retracing=True)
 
 
-class TopBlocks(tf_keras.layers.Layer):
-    """Run a backbone's blocks from the cut up on cached hidden states (BERT-style families)."""
+def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64, task=None, run=None):
+    """Run the frozen blocks between ``source`` and ``cut`` over cached hidden states.
 
-    def __init__(self, blocks, **kwargs):
-        super().__init__(**kwargs)
-        self.blocks = list(blocks)
-
-    def call(self, hidden_states, extended_mask, training=None):
-        for block in self.blocks:
-            hidden_states = block(hidden_states, extended_mask, None, None, None, None, False, training=training)[0]
-        return hidden_states
+    A deeper freeze needs the features at a higher cut, which are the cached ones after a few
+    more frozen blocks: running those blocks once, in inference mode, gives them without
+    running the embeddings and the blocks below ``source`` again. ``arrays`` are the
+    ``compute_features`` arrays of one split at ``source`` (a hidden cut). The result has the
+    same form at ``cut`` (hidden states at a higher depth, or the pooled features). ``run``
+    is a function from ``_deriver`` to reuse across splits, or None for a new one.
+    """
+    run = run or _deriver(model, backbone, source, cut, pooling)
+    pooled = cut.kind == "pooled"
+    lengths = arrays["lengths"]
+    rows = np.split(arrays["values"], np.cumsum(lengths)[:-1]) if len(lengths) else []
+    values = []
+    for start in range(0, len(lengths), batch_size):
+        batch_lengths = lengths[start : start + batch_size]
+        width = max(int(batch_lengths.max()), 1)
+        hidden = np.zeros((len(batch_lengths), width, backbone.hidden_dim), np.float32)
+        for index, row in enumerate(rows[start : start + batch_size]):
+            hidden[index, : len(row)] = row
+        mask = (np.arange(width)[None, :] < batch_lengths[:, None]).astype(np.int32)
+        output = tf.cast(run(tf.constant(hidden), tf.constant(mask)), tf.float32).numpy()
+        if pooled:
+            values.append(output)
+        else:
+            values.extend(row[:length] for row, length in zip(output, batch_lengths))
+        if task is not None:
+            task.advance(len(batch_lengths))
+    if values:
+        values = np.concatenate(values)
+    else:
+        values = np.zeros((0, backbone.hidden_dim), np.float32)
+    return {"values": values.astype(np.float32), "lengths": lengths.astype(np.int32)}
 
 
 def build_top_model(model, backbone, cut, pooling):
@@ -337,11 +388,8 @@ def build_top_model(model, backbone, cut, pooling):
 
     features = tf_keras.Input(shape=(None, width), dtype=tf.float32, name="features")
     mask = tf_keras.Input(shape=(None,), dtype=tf.int32, name="attention_mask")
-    hidden = TopBlocks(backbone.blocks[cut.depth:], name="top_blocks")(features, ExtendedAttentionMask()(mask))
-    if pooling == "pooler":
-        pooled = backbone.pooler(hidden)
-    else:
-        pooled = model.get_layer(f"{pooling}_pooling")(hidden, mask)
+    hidden = BlockRunner(backbone, cut.depth, name="top_blocks")(features, mask)
+    pooled = _pool(model, backbone, pooling, hidden, mask)
     logits = head(head_dropout(pooled))
     return tf_keras.Model({"features": features, "attention_mask": mask}, logits, name="top_of_classifier")
 
@@ -402,6 +450,97 @@ class CachedFeatures:
         return dataset.map(to_inputs).prefetch(tf.data.AUTOTUNE)
 
 
+class FeatureSource:
+    """The features of one backbone and data set at any cut, each computed or derived once.
+
+    Without ``source_depth``, every cut is computed from the token ids. ``source_depth`` is the
+    shallowest hidden cut a search needs: any cut above it is derived from the features there
+    by running only the frozen blocks in between (``derive_features``). A derived cut is stored
+    under its own key, so a later run at that cut reads it directly. The backbone must
+    hold the weights the features are keyed by (its pretrained ones) whenever a cut is computed
+    or derived.
+
+    Args:
+        model: the full classifier.
+        backbone: its ``Backbone``.
+        data: ``PreparedData``.
+        config: ``TrainingConfig``; ``max_seq_length``, ``truncation`` and ``pooling`` count.
+        store: ``FeatureStore`` or None for the default folder.
+        batch_size: int. Texts per batch of the frozen pass.
+        progress: ``Progress`` or None.
+        source_depth: int or None.
+    """
+
+    def __init__(self, model, backbone, data, config, *, store=None, batch_size=64, progress=None, source_depth=None):
+        self.model = model
+        self.backbone = backbone
+        self.data = data
+        self.config = config
+        self.store = store or FeatureStore()
+        self.batch_size = batch_size
+        self.progress = progress
+        self.source_depth = source_depth
+        self.backbone_hash = backbone_fingerprint(backbone)
+
+    def _settings(self, cut, pooling):
+        settings = {
+            "model_type": self.backbone.config.model_type,
+            "max_seq_length": self.config.max_seq_length,
+            "truncation": self.config.truncation,
+            "dtype_policy": tf_keras.mixed_precision.global_policy().name,
+            "token_type_ids": self.data.token_type_ids,
+        }
+        # Hidden states do not depend on the pooling, so every pooling shares them.
+        if cut.kind == "pooled":
+            settings["pooling"] = pooling
+        return settings
+
+    def _task(self, title, total):
+        return self.progress.task(title, total, "texts") if self.progress else None
+
+    def arrays(self, cut, pooling):
+        """Return ``{split: {"values", "lengths"}}`` at ``cut``: read, derived or computed."""
+        source = None
+        if self.source_depth is not None and (cut.kind == "pooled" or cut.depth > self.source_depth):
+            source = Cut("hidden", self.source_depth)
+        result = {}
+        source_arrays = run = None
+        for split, encoded in self.data.encoded.items():
+            key = feature_key(self.backbone_hash, encoded, cut, self._settings(cut, pooling))
+            stored = self.store.load(key)
+            if stored is not None:
+                logger.info("Feature cache: reused %s of the %s split (%s)", cut.describe(self.backbone), split, key[:12])
+            elif source is not None:
+                if source_arrays is None:
+                    source_arrays = self.arrays(source, pooling)
+                    run = _deriver(self.model, self.backbone, source, cut, pooling)
+                task = self._task(f"Features of the {split} split from the cache", len(encoded))
+                stored = derive_features(
+                    self.model, self.backbone, source, cut, source_arrays[split], pooling, self.batch_size,
+                    task=task, run=run,
+                )
+                self.store.save(key, stored)
+                logger.info(
+                    "Feature cache: derived %s of the %s split from %s (%s)",
+                    cut.describe(self.backbone), split, source.describe(self.backbone), key[:12],
+                )
+            else:
+                task = self._task(f"Features of the {split} split", len(encoded))
+                stored = compute_features(
+                    self.model, self.backbone, cut, encoded, self.batch_size, self.data.token_type_ids, task=task
+                )
+                self.store.save(key, stored)
+                logger.info("Feature cache: computed %s of the %s split (%s)", cut.describe(self.backbone), split, key[:12])
+            result[split] = stored
+        return result
+
+    def cached(self, cut, pooling, top_model=None):
+        """Return ``CachedFeatures`` at ``cut``, with ``top_model`` or a new one from ``build_top_model``."""
+        arrays = self.arrays(cut, pooling)
+        top_model = top_model or build_top_model(self.model, self.backbone, cut, pooling)
+        return CachedFeatures(cut, top_model, arrays, self.data)
+
+
 def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, batch_size=64, progress=None):
     """Compute or load the features of every split; return ``CachedFeatures`` or None.
 
@@ -413,27 +552,5 @@ def prepare_feature_cache(model, backbone, policy, data, config, *, store=None, 
     cut = find_cut(backbone, policy, config.pooling, config.frozen_dropout)
     if cut is None:
         return None
-    store = store or FeatureStore()
-    backbone_hash = backbone_fingerprint(backbone)
-    settings = {
-        "model_type": backbone.config.model_type,
-        "pooling": config.pooling,
-        "max_seq_length": config.max_seq_length,
-        "truncation": config.truncation,
-        "dtype_policy": tf_keras.mixed_precision.global_policy().name,
-        "token_type_ids": data.token_type_ids,
-    }
-    arrays = {}
-    for split, encoded in data.encoded.items():
-        key = feature_key(backbone_hash, encoded, cut, settings)
-        stored = store.load(key)
-        if stored is None:
-            task = progress.task(f"Features of the {split} split", len(encoded), "texts") if progress else None
-            stored = compute_features(model, backbone, cut, encoded, batch_size, data.token_type_ids, task=task)
-            store.save(key, stored)
-            logger.info("Feature cache: computed %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
-        else:
-            logger.info("Feature cache: reused %s of the %s split (%s)", cut.describe(backbone), split, key[:12])
-        arrays[split] = stored
-    top_model = build_top_model(model, backbone, cut, config.pooling)
-    return CachedFeatures(cut, top_model, arrays, data)
+    source = FeatureSource(model, backbone, data, config, store=store, batch_size=batch_size, progress=progress)
+    return source.cached(cut, config.pooling)

@@ -11,6 +11,11 @@ they continue from the weights their earlier run saved. Trials that share the se
 into a train function (policy, dropout, weight decay, ...) also share one compiled model, so
 memory stays flat however many trials run.
 
+Under ``head`` and ``last_n:K`` trials train on cached features. The search computes them once
+at the shallowest cut any trial needs (the largest ``unfreeze_depth``), derives each deeper
+freeze from them by running the frozen blocks in between (``tfpeft.features.FeatureSource``),
+and trains a compiled top model per traced settings on the cached tensors.
+
 KerasTuner can spread one search over several machines (a chief oracle and workers found
 through ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT``). ``tune`` rejects that mode:
 its trial summaries, ``trials.csv`` and the Hyperband checkpoints live in one local folder, and
@@ -282,6 +287,40 @@ def _make_tuner_class():
     return PeftTuner
 
 
+def _searched_policies(base_config, space):
+    """Return every policy name a trial of the search can train with."""
+    for parameter in space:
+        if parameter.name == UNFREEZE_DEPTH:
+            if parameter.kind == "choice":
+                depths = parameter.values
+            else:
+                depths = range(int(parameter.min_value), int(parameter.max_value) + 1, int(parameter.step or 1))
+            return [f"last_n:{int(depth)}" for depth in depths]
+    return [base_config.policy]
+
+
+def _feature_source(model, backbone, data, config, space, progress):
+    """Return the search's ``FeatureSource``, or None where no trial can train on cached features.
+
+    The source cut is the shallowest one any trial needs (the largest unfreeze depth): its
+    features are computed once, and every deeper freeze is derived from them.
+    """
+    from tfpeft.features import FeatureSource, find_cut
+    from tfpeft.policies import parse_policy
+
+    if not config.feature_cache:
+        logger.info("Feature cache off: feature_cache=False")
+        return None
+    policies = [parse_policy(name) for name in _searched_policies(config, space)]
+    cuts = [find_cut(backbone, policy, config.pooling, config.frozen_dropout) for policy in policies]
+    cuts = [cut for cut in cuts if cut is not None]
+    if not cuts:
+        return None
+    hidden_depths = [cut.depth for cut in cuts if cut.kind == "hidden"]
+    source_depth = min(hidden_depths) if hidden_depths else None
+    return FeatureSource(model, backbone, data, config, progress=progress, source_depth=source_depth)
+
+
 class _Search:
     """The state one search shares across trials: data, classifier, initial weights, files."""
 
@@ -320,6 +359,7 @@ class _Search:
         # Paired with their variables, because model.weights reorders when `trainable` changes.
         self.initial_weights = [(variable, variable.numpy()) for variable in self.model.weights]
         self.pretrained_fingerprint = _weights_fingerprint(_base_variables(backbone))
+        self.features = _feature_source(self.model, backbone, data, base_config, space, progress)
 
     def trial_dir(self, trial_id):
         return os.path.join(self.tuning_dir, "trials", f"trial_{trial_id}")
@@ -383,26 +423,55 @@ class _Search:
                 apply_policy(self.backbone, policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout)
             reset_adapters(self.backbone)
 
-    def _compiled_variant(self, config):
+    def _trial_features(self, trial_id, config):
+        """Return the ``CachedFeatures`` a trial trains on, or None to train the full model.
+
+        Cuts are computed or derived with the pretrained weights, which are restored first: a
+        deeper freeze runs blocks that an earlier trial trained.
+        """
+        from tfpeft.features import CachedFeatures, find_cut
+        from tfpeft.policies import parse_policy
+
+        if self.features is None or not config.feature_cache:
+            return None
+        cut = find_cut(self.backbone, parse_policy(config.policy), config.pooling, config.frozen_dropout)
+        if cut is None:
+            logger.info("Feature cache: trial %s (policy %s) trains the full model", trial_id, config.policy)
+            return None
+        for variable, value in self.initial_weights:
+            variable.assign(value)
+        arrays = self.features.arrays(cut, config.pooling)
+        logger.info(
+            "Feature cache: trial %s (policy %s) trains on %s", trial_id, config.policy, cut.describe(self.backbone)
+        )
+        # The top model comes from the compiled variant of the trial's settings.
+        return CachedFeatures(cut, None, arrays, self.data)
+
+    def _compiled_variant(self, config, cached=None):
         """Return ``(model, schedule)`` compiled for ``config``'s traced settings.
 
         Every compile traces a new train function of the whole backbone, and TensorFlow 2.21
         keeps each traced graph alive (about 100 MB for MiniLM), so a search that recompiled
         for every trial grew by that much per trial. Instead, trials that share the traced
         settings share one compiled model, whose layers are the search's classifier, and only
-        reset its optimizer state and set its learning-rate variables.
+        reset its optimizer state and set its learning-rate variables. Trials on cached
+        features share a compiled top model (``build_top_model``) the same way.
         """
         import tf_keras
 
+        from tfpeft.features import build_top_model
         from tfpeft.policies import apply_policy
         from tfpeft.training import compile_classifier
 
-        key = tuple(getattr(config, name) for name in TRACED_SETTINGS)
+        key = tuple(getattr(config, name) for name in TRACED_SETTINGS) + (cached.cut if cached else None,)
         with self.strategy.scope():
             apply_policy(self.backbone, config.policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout)
             if key not in self.variants:
                 self.model.get_layer("head_dropout").rate = config.classifier_dropout
-                variant = tf_keras.Model(self.model.inputs, self.model.outputs, name=f"{self.model.name}_{len(self.variants)}")
+                if cached is None:
+                    variant = tf_keras.Model(self.model.inputs, self.model.outputs, name=f"{self.model.name}_{len(self.variants)}")
+                else:
+                    variant = build_top_model(self.model, self.backbone, cached.cut, config.pooling)
                 schedule = _trial_schedule(config.lr_scheduler_type)
                 compile_classifier(variant, config, total_steps=1, schedule=schedule)
                 self.variants[key] = (variant, schedule)
@@ -436,21 +505,24 @@ class _Search:
         summary = {"trial_id": trial.trial_id, "hyperparameters": values, "status": "RUNNING"}
         self._write_summary(trial.trial_id, summary)
         total_steps = steps_per_epoch * max(epochs - initial_epoch, 1)
+        cached = self._trial_features(trial.trial_id, config)
+        summary["feature_cache"] = cached.cut.describe(self.backbone) if cached else "off"
+        fit_data = cached or self.data
         for execution in range(self.options.executions_per_trial):
             _release_memory()
             self._prepare_adapters(config)
             promoted_from = self._reset_weights(values)
             summary["promoted_from"] = promoted_from
             summary["backbone_start_sha256"] = _weights_fingerprint(_base_variables(self.backbone))
-            model, schedule = self._compiled_variant(config)
+            model, schedule = self._compiled_variant(config, cached)
             schedule.set(config.learning_rate, total_steps, math.ceil(config.warmup_ratio * total_steps))
             evaluation = EpochEvaluation(
-                self.data.dataset("validation", eval_batch, with_labels=False),
+                fit_data.dataset("validation", eval_batch, with_labels=False),
                 self.data.label_ids["validation"],
                 self.data.label_map.names,
                 metric=metric,
             )
-            train_dataset = self.data.dataset("train", train_batch, shuffle=True, seed=config.seed + execution)
+            train_dataset = fit_data.dataset("train", train_batch, shuffle=True, seed=config.seed + execution)
             try:
                 history = model.fit(
                     train_dataset,
