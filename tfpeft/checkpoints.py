@@ -203,9 +203,14 @@ def check_fingerprint(state, path):
         )
 
 
-def save_trainable(model, path, backbone=None):
-    """Write ``model``'s trainable variables (no optimizer state) as a checkpoint at ``path``."""
-    return tf.train.Checkpoint(**{ROOT: TrainableState(model, backbone)}).write(path)
+def save_trainable(model, path, backbone=None, state=None):
+    """Write ``model``'s trainable variables (no optimizer state) as a checkpoint at ``path``.
+
+    ``state``, a ``TrainableState`` of ``model`` without optimizer, is reused where given, so
+    that the fingerprint of the frozen variables is computed once and not at every save.
+    """
+    state = state or TrainableState(model, backbone)
+    return tf.train.Checkpoint(**{ROOT: state}).write(path)
 
 
 def read_trainable(model, path, backbone=None):

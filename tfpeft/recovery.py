@@ -292,14 +292,15 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
                     self.wait = 0
 
 
-def save_best_checkpoint(model, path, state, backbone=None):
+def save_best_checkpoint(model, path, state, backbone=None, checkpoint_state=None):
     """Write the model's trainable weights to ``path`` and ``state`` (best epoch and metrics) beside it.
 
-    The checkpoint holds only what trains (``tfpeft.checkpoints.save_trainable``). ``state``
+    The checkpoint contains only what trains (``tfpeft.checkpoints.save_trainable``, which
+    reuses ``checkpoint_state`` where given). ``state``
     goes to ``path + ".json"`` with a hash of the checkpoint's index, so that
     ``load_best_checkpoint`` can tell whether the two files belong together.
     """
-    save_trainable(model, path, backbone)
+    save_trainable(model, path, backbone, checkpoint_state)
     _write_json_atomically(f"{path}.json", {**state, "checkpoint_sha256": _index_sha256(path)})
 
 

@@ -223,6 +223,7 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
         self.resume_path = resume_path or checkpoint_path
         self.completed_epochs = completed_epochs
         self.backbone = backbone
+        self._checkpoint_state = None
         self.best_value = None
         self.best_epoch = None
         self.best_metrics = None
@@ -260,10 +261,14 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
             self.best_metrics = metrics
             self._best_weights = [variable.numpy() for variable in self.model.trainable_variables]
             if self.checkpoint_path:
+                from tfpeft.checkpoints import TrainableState
                 from tfpeft.recovery import save_best_checkpoint
 
                 state = {"best_epoch": self.best_epoch, "best_value": self.best_value, "best_metrics": metrics}
-                save_best_checkpoint(self.model, self.checkpoint_path, state, self.backbone)
+                # Built once, so the frozen variables are fingerprinted once and not at every save.
+                if self._checkpoint_state is None:
+                    self._checkpoint_state = TrainableState(self.model, self.backbone)
+                save_best_checkpoint(self.model, self.checkpoint_path, state, self.backbone, self._checkpoint_state)
 
     def on_train_end(self, logs=None):
         if self._best_weights is not None and self.best_epoch != self._last_epoch:
