@@ -127,6 +127,12 @@ def optimizer_slots(optimizer, variables):
             these checkpoints could not restore exactly.
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not hasattr(inner, "_var_key") or not callable(getattr(inner, "build", None)):
+        raise RunFolderError(
+            f"The optimizer {type(inner).__name__} is not a tf_keras.optimizers.Optimizer, so the "
+            "training checkpoint cannot key its state by variable name. Use tfpeft's AdamW "
+            "(compile_classifier), or an optimizer from tf_keras.optimizers."
+        )
     if not getattr(inner, "_built", False):
         inner.build(list(variables))
     num_variables = len(inner._index_dict)
