@@ -186,3 +186,35 @@ def test_frozen_resume_matches_uninterrupted_run(tmp_path, monkeypatch, tiny_ber
     loaded = tfpeft.load(str(tmp_path / "resumed"))
     for before, after in zip(resumed_model.weights, loaded.model.weights):
         np.testing.assert_array_equal(after.numpy(), before.numpy())
+
+
+def test_loss_scale_state_restored(tiny_bert_dir, tmp_path):
+    # mixed_float16 training (on GPUs) wraps AdamW in a LossScaleOptimizer; its dynamic loss
+    # scale is training state too. The wrapper works the same on a CPU.
+    import tf_keras
+
+    def compiled():
+        model, backbone = classifier(tiny_bert_dir, "head")
+        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(tf_keras.optimizers.AdamW(1e-3))
+        model.compile(optimizer=optimizer, loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model, backbone
+
+    first, first_backbone = compiled()
+    inputs = {"input_ids": np.full((4, 6), 5, np.int32), "attention_mask": np.ones((4, 6), np.int32)}
+    first.fit(inputs, np.array([0, 1, 2, 0]), epochs=3, verbose=0)
+    state = TrainableState(first, first_backbone, first.optimizer)
+    path = tf.train.Checkpoint(trainable=state).write(str(tmp_path / "state"))
+    assert sorted(checkpoint_names(path)["optimizer"]) == [
+        "iterations", "learning_rate", "loss_scale/current_loss_scale", "loss_scale/good_steps"
+    ]
+
+    second, second_backbone = compiled()
+    restored = TrainableState(second, second_backbone, second.optimizer)
+    tf.train.Checkpoint(trainable=restored).read(path).assert_consumed()
+    assert int(restored.optimizer["loss_scale"].counter.numpy()) == 3
+    assert float(restored.optimizer["loss_scale"].current_loss_scale.numpy()) == float(
+        state.optimizer["loss_scale"].current_loss_scale.numpy()
+    )
+    np.testing.assert_array_equal(
+        restored.slots["head/kernel"]["momentums"].numpy(), state.slots["head/kernel"]["momentums"].numpy()
+    )
