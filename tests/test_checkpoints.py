@@ -189,7 +189,7 @@ def test_frozen_resume_matches_uninterrupted_run(tmp_path, monkeypatch, tiny_ber
 
 
 def test_loss_scale_state_restored(tiny_bert_dir, tmp_path):
-    # mixed_float16 training (on GPUs) wraps AdamW in a LossScaleOptimizer; its dynamic loss
+    # mixed_float16 training (on GPUs) wraps AdamW in a LossScaleOptimizer, whose dynamic loss
     # scale is training state too. The wrapper works the same on a CPU.
     import tf_keras
 
