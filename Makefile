@@ -32,5 +32,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 # Frozen-backbone speed: feature cache and length bucketing against naive Keras training.
+# `make bench BENCH_ARGS=--quick` checks the script on tiny inputs in about 2 minutes.
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python benchmarks/frozen_backbone.py
+	$(BIN)/python benchmarks/frozen_backbone.py $(BENCH_ARGS)

@@ -57,6 +57,7 @@ def tiny_family_dir(tmp_path_factory):
 SLOW_MODULES = {
     "test_distributed",
     "test_recovery",
+    "test_checkpoints",
     "test_launcher",
     "test_export",
     "test_graph_tokenizers",

@@ -1,14 +1,15 @@
 """Resuming an unfinished run from its backup.
 
-After every epoch a run backs up its model, optimizer and epoch counter under
-``OUTPUT_DIR/backup`` with tf_keras' ``BackupAndRestore``, and logs the epoch's metrics in
+After every epoch a run backs up its trainable variables, their optimizer state and the
+epoch counter under ``OUTPUT_DIR/backup`` with tf_keras' ``BackupAndRestore``, and logs the epoch's metrics in
 ``OUTPUT_DIR/backup/epochs.json``. Re-running the same command on that folder restores them
 and trains only the remaining epochs. The backup is removed once the run folder is complete.
 
 Layout::
 
     OUTPUT_DIR/backup/
-      chief/         the latest training-state checkpoint, written by the chief
+      chief/         the latest training-state checkpoint, written by the chief: trainable
+                     variables, their optimizer state and the epoch (tfpeft.checkpoints)
       epochs.json    metrics of every finished epoch, and the replicas that trained them
 """
 
@@ -21,8 +22,10 @@ import shutil
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from tf_keras.src.distribute import worker_training_state
 
-from tfpeft.errors import ConfigError, OutputDirError
+from tfpeft.checkpoints import ROOT, TrainableState, check_fingerprint, read_trainable, save_trainable
+from tfpeft.errors import ConfigError, OutputDirError, RunFolderError
 
 logger = logging.getLogger("tfpeft.recovery")
 
@@ -153,18 +156,80 @@ def remove_backup(output_dir):
 
 
 class RunBackup(tf_keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` after every epoch, kept until the run folder is complete.
+    """``BackupAndRestore`` after every epoch, of what trains only, kept until the run folder is complete.
 
-    The backup is not deleted when ``fit`` ends, so that a process stopped while it evaluates
-    the test split or writes the run folder resumes without training again. The preemption
-    checkpoint of ``save_before_preemption`` stays off: it probes a cloud metadata server.
+    The backup contains the trainable variables, their optimizer state and the epoch counter,
+    keyed by stable names (``tfpeft.checkpoints``), not the frozen weights, which a resumed run
+    loads again with its backbone. It is not deleted when ``fit`` ends, so that a process
+    stopped while it evaluates the test split or writes the run folder resumes without
+    training again. The preemption checkpoint of ``save_before_preemption`` stays off: it
+    probes a cloud metadata server.
+
+    Args:
+        output_dir: str. The run folder; the backup goes to ``OUTPUT_DIR/backup``.
+        backbone: ``Backbone`` or None. Names the backbone's variables in the backup and
+            fingerprints its frozen ones; None names every variable by its layer path.
     """
 
-    def __init__(self, output_dir):
+    def __init__(self, output_dir, backbone=None):
         super().__init__(backup_dir(output_dir), save_freq="epoch", delete_checkpoint=False)
         # tf_keras 2.21 lists only the strategies that span several devices, but the training
         # state it saves and restores works the same under OneDeviceStrategy.
         self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
+        self.backbone = backbone
+
+    def on_train_begin(self, logs=None):
+        # The steps of BackupAndRestore.on_train_begin, with a training state of what trains.
+        strategy = self.model.distribute_strategy
+        if self.model._distribution_strategy and not isinstance(strategy, self._supported_strategies):
+            raise NotImplementedError(f"{type(strategy).__name__} is not supported by BackupAndRestore.")
+        self.model._training_state = _TrainableTrainingState(self.model, self.backup_dir, self.backbone)
+        self._training_state = self.model._training_state
+        self._training_state.restore()
+
+
+class _TrainableTrainingState(worker_training_state.WorkerTrainingState):
+    """tf_keras' training state whose checkpoint tracks ``TrainableState`` in place of the model."""
+
+    def __init__(self, model, checkpoint_dir, backbone):
+        super().__init__(model, checkpoint_dir, "epoch")
+        self.state = TrainableState(model, backbone, model.optimizer)
+        checkpoint = tf.train.Checkpoint(
+            trainable=self.state,
+            ckpt_saved_epoch=self._ckpt_saved_epoch,
+            ckpt_saved_batch=self._ckpt_saved_batch,
+            train_counter=model._train_counter,
+        )
+        # The same folders as the parent's managers: the chief's, and a temporary one for the
+        # other workers, which must save too but whose copy is thrown away.
+        read_dir = self.read_checkpoint_manager.directory
+        write_dir = self.write_checkpoint_manager.directory
+        self.read_checkpoint_manager = tf.train.CheckpointManager(checkpoint, read_dir, max_to_keep=1)
+        self.write_checkpoint_manager = (
+            self.read_checkpoint_manager
+            if write_dir == read_dir
+            else tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=1)
+        )
+
+    def restore(self):
+        path = self.read_checkpoint_manager.latest_checkpoint
+        if path is None:
+            return
+        if not any(key.startswith(ROOT + "/") for key, _ in tf.train.list_variables(path)):
+            raise RunFolderError(
+                f"The backup {path} contains the whole model, as earlier tfpeft versions wrote it, "
+                "and cannot be resumed by this version. Start the run again with "
+                "--overwrite-output-dir, or finish it with the version that started it."
+            )
+        status = self.read_checkpoint_manager.checkpoint.restore(path)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise RunFolderError(
+                f"The backup {path} does not fit this model ({error}); it was written for another "
+                "policy or backbone. Start the run again with --overwrite-output-dir."
+            ) from error
+        check_fingerprint(self.state, path)
 
 
 class EpochLog(tf_keras.callbacks.Callback):
@@ -227,27 +292,25 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
                     self.wait = 0
 
 
-def save_best_checkpoint(model, path, state):
-    """Write the model's weights to ``path`` and ``state`` (best epoch and metrics) beside it.
+def save_best_checkpoint(model, path, state, backbone=None, checkpoint_state=None):
+    """Write the model's trainable weights to ``path`` and ``state`` (best epoch and metrics) beside it.
 
-    ``state`` goes to ``path + ".json"`` with a hash of the checkpoint's index, so that
+    The checkpoint contains only what trains (``tfpeft.checkpoints.save_trainable``, which
+    reuses ``checkpoint_state`` where given). ``state``
+    goes to ``path + ".json"`` with a hash of the checkpoint's index, so that
     ``load_best_checkpoint`` can tell whether the two files belong together.
     """
-    from tfpeft.runs import save_weights
-
-    save_weights(model, path)
+    save_trainable(model, path, backbone, checkpoint_state)
     _write_json_atomically(f"{path}.json", {**state, "checkpoint_sha256": _index_sha256(path)})
 
 
-def load_best_checkpoint(model, path, completed_epochs):
+def load_best_checkpoint(model, path, completed_epochs, backbone=None):
     """Return ``(state, trainable_values)`` saved by ``save_best_checkpoint``, or None.
 
     Returns None, with a warning, when the state is missing, belongs to an epoch after the
     ``completed_epochs`` in the backup, or does not match the checkpoint: the process
     stopped between writing one and the other. The model's own weights are left unchanged.
     """
-    from tfpeft.runs import restore_weights
-
     try:
         with open(f"{path}.json", encoding="utf-8") as file:
             state = json.load(file)
@@ -262,12 +325,7 @@ def load_best_checkpoint(model, path, completed_epochs):
             completed_epochs + 1,
         )
         return None
-
-    current = model.get_weights()
-    restore_weights(model, path)
-    trainable_values = [variable.numpy() for variable in model.trainable_variables]
-    model.set_weights(current)
-    return state, trainable_values
+    return state, read_trainable(model, path, backbone)
 
 
 def _index_sha256(checkpoint_path):

@@ -14,9 +14,10 @@ Layout::
       report.md            metrics, per-class table, parameter report and pictures (tfpeft.reports)
       training_curves.png, confusion_matrix.png, errors.csv
                            the pictures and the most confident test mistakes
-      checkpoints/         the best weights so far and their epoch (best.json), while training
-                           (save_strategy='epoch')
-      backup/              the training state of an unfinished run, for resuming it
+      checkpoints/         the trainable weights of the best epoch so far and its metrics
+                           (best.json), while training (save_strategy='epoch'; tfpeft.checkpoints)
+      backup/              the training state of an unfinished run, for resuming it: trainable
+                           weights and their optimizer state
       logs/                TensorBoard event files (logging_dir)
       eval/<name>/         results of `tfpeft evaluate` on other data
 """

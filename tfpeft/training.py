@@ -198,6 +198,8 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
         resume_path: str or None. Where a resumed run reads the best weights of the epochs
             before it; default ``checkpoint_path``.
         completed_epochs: int. The epochs a resumed run restored from its backup; 0 for a new run.
+        backbone: ``Backbone`` or None. Names the variables in the checkpoint
+            (``tfpeft.checkpoints``); None names them by their layer paths.
     """
 
     def __init__(
@@ -210,6 +212,7 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
         *,
         resume_path=None,
         completed_epochs=0,
+        backbone=None,
     ):
         super().__init__()
         self.dataset = dataset
@@ -219,6 +222,8 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
         self.checkpoint_path = checkpoint_path
         self.resume_path = resume_path or checkpoint_path
         self.completed_epochs = completed_epochs
+        self.backbone = backbone
+        self._checkpoint_state = None
         self.best_value = None
         self.best_epoch = None
         self.best_metrics = None
@@ -230,7 +235,7 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
             return
         from tfpeft.recovery import load_best_checkpoint
 
-        restored = load_best_checkpoint(self.model, self.resume_path, self.completed_epochs)
+        restored = load_best_checkpoint(self.model, self.resume_path, self.completed_epochs, self.backbone)
         if restored is not None:
             state, self._best_weights = restored
             self.best_value = state["best_value"]
@@ -256,10 +261,14 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
             self.best_metrics = metrics
             self._best_weights = [variable.numpy() for variable in self.model.trainable_variables]
             if self.checkpoint_path:
+                from tfpeft.checkpoints import TrainableState
                 from tfpeft.recovery import save_best_checkpoint
 
                 state = {"best_epoch": self.best_epoch, "best_value": self.best_value, "best_metrics": metrics}
-                save_best_checkpoint(self.model, self.checkpoint_path, state)
+                # Built once, so the frozen variables are fingerprinted once and not at every save.
+                if self._checkpoint_state is None:
+                    self._checkpoint_state = TrainableState(self.model, self.backbone)
+                save_best_checkpoint(self.model, self.checkpoint_path, state, self.backbone, self._checkpoint_state)
 
     def on_train_end(self, logs=None):
         if self._best_weights is not None and self.best_epoch != self._last_epoch:
@@ -470,7 +479,7 @@ def _train(config, train_data, validation_data, test_data, verbose):
     train_dataset = distributed.shard_by_data(fit_data.dataset("train", train_batch_size, **batching))
     callbacks, evaluation, epoch_log = _callbacks(
         config, fit_data, eval_batch_size, progress,
-        shared_dir=shared_dir, resume_state=resume_state, num_replicas=num_replicas,
+        shared_dir=shared_dir, resume_state=resume_state, num_replicas=num_replicas, backbone=backbone,
     )
     first_epoch = resume_state.completed_epochs + 1 if resume_state else 1
     if resume_state:
@@ -567,7 +576,9 @@ def _without_loss_key(metrics):
     return {key: value for key, value in metrics.items() if key != "loss"} if metrics else None
 
 
-def _callbacks(config, data, eval_batch_size, progress, *, shared_dir=None, resume_state=None, num_replicas=1):
+def _callbacks(
+    config, data, eval_batch_size, progress, *, shared_dir=None, resume_state=None, num_replicas=1, backbone=None
+):
     """Return the fit callbacks, the ``EpochEvaluation`` (or None) and the ``EpochLog``.
 
     The validation comes first so later callbacks see its metrics, and the backup comes last
@@ -593,6 +604,7 @@ def _callbacks(config, data, eval_batch_size, progress, *, shared_dir=None, resu
             checkpoint_path=os.path.join(config.output_dir, checkpoint_dir, "best"),
             resume_path=os.path.join(shared_dir, checkpoint_dir, "best"),
             completed_epochs=completed_epochs,
+            backbone=backbone,
         )
         callbacks.append(evaluation)
     elif config.eval_strategy == "epoch":
@@ -613,5 +625,5 @@ def _callbacks(config, data, eval_batch_size, progress, *, shared_dir=None, resu
         )
     epoch_log = EpochLog(os.path.join(config.output_dir, BACKUP_DIR, EPOCH_LOG_FILE), past_logs, num_replicas)
     callbacks.append(epoch_log)
-    callbacks.append(RunBackup(shared_dir))
+    callbacks.append(RunBackup(shared_dir, backbone))
     return callbacks, evaluation, epoch_log
