@@ -144,6 +144,18 @@ def test_hyperband_completes_all_trials(settings, tmp_path, pretrained_fingerpri
         assert summary["epochs"] == summary["hyperparameters"]["tuner/epochs"] - summary["hyperparameters"]["tuner/initial_epoch"]
     assert result.best_config.num_train_epochs in (1, 3)
 
+    # A trial's weights checkpoint holds the head and the unfrozen blocks, never a frozen variable.
+    from tfpeft.checkpoints import checkpoint_names
+
+    for summary in summaries:
+        path = os.path.join(output_dir, "tuning", "trials", f"trial_{summary['trial_id']}", "weights")
+        names = checkpoint_names(path)["weights"]
+        depth = summary["hyperparameters"]["unfreeze_depth"]
+        blocks = {name.split("/")[1] for name in names if name.startswith("encoder/")}
+        assert blocks == {f"layer_._{i}" for i in range(2 - depth, 2)}
+        assert {"head/kernel", "head/bias"} <= set(names)
+        assert not [name for name in names if name.startswith("embeddings/")]
+
 
 def test_nan_trial_fails_others_complete(settings, tmp_path):
     output_dir = str(tmp_path / "nan")

@@ -392,15 +392,23 @@ class _Search:
         else:
             self.trial_task.advance(1, detail=detail, force=True)
 
-    def _reset_weights(self, values):
-        """Restore the initial weights, or a Hyperband trial's own earlier weights."""
-        from tfpeft.runs import restore_weights
+    def _reset_weights(self, values, config):
+        """Restore the initial weights, or a Hyperband trial's own earlier weights.
+
+        A trial's checkpoint holds only what its policy trains, so the policy is applied
+        before reading it; everything else is the pretrained weights restored first.
+        """
+        from tfpeft.checkpoints import read_trainable
+        from tfpeft.policies import apply_policy
 
         for variable, value in self.initial_weights:
             variable.assign(value)
         previous = values.get("tuner/trial_id")
         if previous:
-            restore_weights(self.model, os.path.join(self.trial_dir(previous), "weights"))
+            apply_policy(self.backbone, config.policy, pooling=config.pooling, frozen_dropout=config.frozen_dropout)
+            path = os.path.join(self.trial_dir(previous), "weights")
+            for variable, value in zip(self.model.trainable_variables, read_trainable(self.model, path, self.backbone)):
+                variable.assign(value)
         return previous
 
     def _prepare_adapters(self, config):
@@ -511,7 +519,7 @@ class _Search:
         for execution in range(self.options.executions_per_trial):
             _release_memory()
             self._prepare_adapters(config)
-            promoted_from = self._reset_weights(values)
+            promoted_from = self._reset_weights(values, config)
             summary["promoted_from"] = promoted_from
             summary["backbone_start_sha256"] = _weights_fingerprint(_base_variables(self.backbone))
             model, schedule = self._compiled_variant(config, cached)
@@ -544,9 +552,10 @@ class _Search:
             summary["epochs"] = len(losses)
 
         if "tuner/trial_id" in values or self.options.tuner == "hyperband":
-            from tfpeft.runs import save_weights
+            from tfpeft.checkpoints import save_trainable
 
-            save_weights(self.model, os.path.join(self.trial_dir(trial.trial_id), "weights"))
+            # Only what trains: a later Hyperband round starts from the pretrained weights plus these.
+            save_trainable(self.model, os.path.join(self.trial_dir(trial.trial_id), "weights"), self.backbone)
         objective = float(np.mean(scores))
         summary.update(
             status="COMPLETED",
