@@ -114,6 +114,11 @@ def choose_learning_rate(args, policy, work_dir, progress):
     return best, chosen_by
 
 
+def markdown_cell(text):
+    """Escape the pipes in ``text`` (``target_modules=query|value``) so the table keeps its columns."""
+    return text.replace("|", "\\|")
+
+
 def format_table(rows):
     lines = [
         "| policy | learning rate | chosen by | trainable params | trainable % | test accuracy | test macro F1 | train time (s) |",
@@ -121,7 +126,7 @@ def format_table(rows):
     ]
     for row in rows:
         lines.append(
-            f"| `{row['policy']}` | {row['learning_rate']:g} | {row['chosen_by']} | {row['trainable_params']:,} "
+            f"| `{markdown_cell(row['policy'])}` | {row['learning_rate']:g} | {row['chosen_by']} | {row['trainable_params']:,} "
             f"| {row['trainable_percent']:.2f} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} "
             f"| {row['train_seconds']:.0f} |"
         )

@@ -65,3 +65,13 @@ def test_table_rows_equal_run_results(script, tiny_bert_dir, tmp_path, capsys):
         assert cells[5] == f"{results['test']['accuracy']:.4f}"
         assert cells[6] == f"{results['test']['macro_f1']:.4f}"
         assert results["num_examples"]["train"] == 40
+
+
+def test_table_escapes_pipes_in_policies(script):
+    row = {
+        "policy": "lora:r=8,alpha=16,target_modules=query|value", "learning_rate": 1e-3, "chosen_by": "middle of grid",
+        "trainable_params": 75653, "trainable_percent": 0.33, "accuracy": 0.99, "macro_f1": 0.98, "train_seconds": 12.0,
+    }
+    line = script.format_table([row]).splitlines()[-1]
+    assert line.startswith("| `lora:r=8,alpha=16,target_modules=query\\|value` |")
+    assert line.replace("\\|", "").count("|") == 9
