@@ -61,7 +61,11 @@ def test_parse_lora_policy():
     "text, message",
     [
         ("lora:r=0", "r=0"),
-        ("lora:r=two", "r must be a number, got 'two'"),
+        ("lora:r=two", "r must be an integer of at least 1, got 'two'"),
+        ("lora:r=2.5", "r must be an integer of at least 1, got '2.5'"),
+        ("lora:r=8,", "ends with a comma. Remove it"),
+        ("lora:alpha=x", "alpha must be a number, got 'x'"),
+        ("LORA:r=8", "Unknown policy kind 'LORA'.*Did you mean 'lora'"),
         ("lora:alpha=-1", "alpha=-1.0"),
         ("lora:dropout=1", "dropout=1.0"),
         ("lora:rank=8", "got 'rank=8'"),
@@ -90,6 +94,18 @@ def test_unmatched_targets_list_dense_layers(tiny_bert_dir):
     for name in ("attention/self/query", "attention/self/key", "attention/output/dense", "intermediate/dense"):
         assert f"encoder/layer_._0/{name}" in message
     assert "'all-linear'" in message
+
+
+def test_comma_separated_targets_hint_pipe(tiny_bert_dir):
+    backbone = tfpeft.load_backbone(tiny_bert_dir)
+    with pytest.raises(ConfigError, match=r"Separate several names with \| \(query\|value\), not a comma"):
+        tfpeft.apply_policy(backbone, tfpeft.Policy("lora", lora=LoraConfig(target_modules="query,value")))
+
+
+def test_rank_above_layer_width_rejected(tiny_bert_dir):
+    backbone = tfpeft.load_backbone(tiny_bert_dir)
+    with pytest.raises(ConfigError, match=r"r=17 is larger than .*attention/self/query allows: its kernel is 16 x 16\. Use r in 1\.\.16"):
+        tfpeft.apply_policy(backbone, "lora:r=17")
 
 
 def test_all_linear_targets_every_block_dense_layer(tiny_bert_dir):
@@ -313,7 +329,7 @@ def test_lora_r_search(tiny_bert_dir, toy_csv, tmp_path):
 
     base = tfpeft.TrainingConfig(policy="lora:r=8,alpha=16,target_modules=query")
     assert _trial_config(base, {"lora_r": 2}).policy == "lora:r=2,alpha=16,target_modules=query"
-    assert _trial_config(tfpeft.TrainingConfig(), {"lora_r": 4}).policy == "lora:r=4,alpha=8"
+    assert _trial_config(tfpeft.TrainingConfig(policy="lora"), {"lora_r": 4}).policy == "lora:r=4,alpha=8"
 
     output_dir = str(tmp_path / "search")
     result = tfpeft.tune(

@@ -179,7 +179,11 @@ def test_search_with_only_failures_stops(settings, tmp_path):
 @pytest.mark.parametrize(
     "space, options, pattern",
     [
-        (["unfreeze_depth=int:0:5"], TuningOptions(max_trials=1), r"unfreeze_depth goes up to 5.*allows 0\.\.2"),
+        (["unfreeze_depth=int:0:5"], TuningOptions(max_trials=1), r"unfreeze_depth=int:0:5 goes up to 5.*allows 0\.\.2"),
+        (["unfreeze_depth=choice:0,9"], TuningOptions(max_trials=1), r"unfreeze_depth=choice:0,9 goes up to 9.*allows 0\.\.2"),
+        (["unfreeze_depth=int:-1:1"], TuningOptions(max_trials=1), r"unfreeze_depth=int:-1:1: unfreeze_depth must be at least 0, got -1"),
+        (["lora_r=choice:0,4"], TuningOptions(max_trials=1), r"lora_r=choice:0,4: lora_r must be at least 1, got 0"),
+        (["lora_r=choice:4,8"], TuningOptions(max_trials=1), r"lora_r=choice:4,8 needs a policy of kind lora, but --policy is 'last_n:2'"),
         (["learning_rate=log:1e-5:1e-3"], TuningOptions(tuner="grid"), r"Grid search needs a finite set"),
         (["num_train_epochs=int:1:3"], TuningOptions(tuner="hyperband"), r"num_train_epochs cannot be searched under Hyperband"),
         (["learning_rat=log:1e-5:1e-3"], TuningOptions(), r"Cannot search 'learning_rat'\. Did you mean 'learning_rate'"),
@@ -189,7 +193,25 @@ def test_search_with_only_failures_stops(settings, tmp_path):
 def test_invalid_space_stops_before_trials(space, options, pattern, settings, tmp_path):
     with pytest.raises(ConfigError, match=pattern):
         tfpeft.tune(output_dir=str(tmp_path / "bad"), space=space, options=options, **settings)
-    assert not os.path.exists(tmp_path / "bad" / "tuning" / "trials")
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_unfreeze_depth_rejects_lora_policy(settings, tmp_path):
+    with pytest.raises(ConfigError, match=r"unfreeze_depth=choice:0,1 needs a policy of kind head or last_n, but --policy is 'lora:r=4,alpha=8'"):
+        tfpeft.tune(
+            output_dir=str(tmp_path / "bad"), space=["unfreeze_depth=choice:0,1"], options=TuningOptions(max_trials=1),
+            **{**settings, "policy": "lora:r=4"},
+        )
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_default_space_follows_policy():
+    from tfpeft.search_space import default_space
+
+    assert [parameter.name for parameter in default_space(6, "last_n")] == ["learning_rate", "unfreeze_depth"]
+    assert [parameter.name for parameter in default_space(6, "head")] == ["learning_rate", "unfreeze_depth"]
+    assert default_space(6, "lora")[1] == SearchParameter("lora_r", "choice", values=(4, 8, 16))
+    assert [parameter.name for parameter in default_space(6, "bitfit")] == ["learning_rate"]
 
 
 def test_missing_data_stops_before_trials(settings, tmp_path):

@@ -58,8 +58,8 @@ class TrainingConfig:
     )
     policy: str = _field(
         "last_n:2",
-        "Freezing policy: head, last_n:K, full, bitfit, layernorm, embeddings_frozen or "
-        "pattern:include=REGEX,exclude=REGEX.",
+        "Freezing policy: head, last_n:K, full, bitfit, layernorm, embeddings_frozen, "
+        "pattern:include=REGEX,exclude=REGEX or lora:r=8,alpha=16,target_modules=query|value.",
     )
     pooling: str = _field("mean", "Pooling of the hidden states: mean, cls, last (GPT-2) or pooler.")
     classifier_dropout: float = _field(0.1, "Dropout rate before the classification head.")

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import re
+import zipfile
 from typing import Optional
 
 import numpy as np
@@ -151,6 +152,8 @@ def _number(value):
 def parse_lora_fields(text, argument):
     """Return a ``LoraConfig`` from the part after ``lora:``, e.g. ``r=8,alpha=16``."""
     fields = {}
+    if argument.endswith(","):
+        raise ConfigError(f"Invalid policy {text!r}: it ends with a comma. Remove it, as in 'lora:r=8,alpha=16'.")
     # Split only where a comma starts the next key, so commas inside a regex ({1,3}) stay.
     pattern = r",(?=(?:" + "|".join(LORA_KEYS) + r")=)"
     for piece in re.split(pattern, argument) if argument else []:
@@ -163,15 +166,13 @@ def parse_lora_fields(text, argument):
         if key in fields:
             raise ConfigError(f"Invalid policy {text!r}: {key}= is given twice.")
         fields[key] = value
-    converters = {"r": int, "alpha": float, "dropout": float}
-    for key, convert in converters.items():
+    converters = {"r": (int, "an integer of at least 1"), "alpha": (float, "a number"), "dropout": (float, "a number")}
+    for key, (convert, expected) in converters.items():
         if key in fields:
             try:
                 fields[key] = convert(fields[key])
             except ValueError:
-                raise ConfigError(
-                    f"Invalid policy {text!r}: {key} must be a number, got {fields[key]!r}."
-                ) from None
+                raise ConfigError(f"Invalid policy {text!r}: {key} must be {expected}, got {fields[key]!r}.") from None
     return LoraConfig(**fields)
 
 
@@ -225,12 +226,13 @@ def select_targets(backbone, config):
     if not chosen:
         first_block = _first_block_prefix(candidates)
         listed = [name for name, _ in candidates if name.startswith(first_block)] or [n for n, _ in candidates]
+        comma_hint = " Separate several names with | (query|value), not a comma." if "," in targets else ""
         raise ConfigError(
             f"LoRA target_modules={targets!r} matches no dense layer of this "
             f"{backbone.config.model_type} backbone. Its dense layers in the first block are: "
             f"{', '.join(listed)} (and the same in every other block). Give one of their last "
             "names (such as the last part of those above), a regular expression matching whole "
-            f"names, or {ALL_LINEAR!r}."
+            f"names, or {ALL_LINEAR!r}.{comma_hint}"
         )
     return chosen
 
@@ -276,6 +278,15 @@ def apply_adapters(backbone, config):
         return adapter_variables(backbone)
 
     targets = select_targets(backbone, config)
+    widths = {name: min(int(dim) for dim in _kernel(layer).shape) for name, layer in targets}
+    narrowest = min(widths, key=widths.get)
+    if config.r > widths[narrowest]:
+        # A rank above a layer's smaller side adds parameters without adding expressiveness.
+        raise ConfigError(
+            f"LoRA rank r={config.r} is larger than the targeted layer {narrowest} allows: its "
+            f"kernel is {' x '.join(str(int(dim)) for dim in _kernel(dict(targets)[narrowest]).shape)}. "
+            f"Use r in 1..{widths[narrowest]}; low ranks such as 4 to 16 are usual."
+        )
     for name, layer in targets:
         # A new unseeded initializer per layer draws from the global seed that
         # tf_keras.utils.set_random_seed sets, and differs from layer to layer.
@@ -543,8 +554,19 @@ def load_adapter(model_dir, model, backbone):
             "Apply the run's target_modules before loading."
         )
     path = f"{model_dir}/{ADAPTER_WEIGHTS_FILE}"
-    with np.load(path) as stored:
-        values = {name: stored[name] for name in stored.files}
+    try:
+        with np.load(path) as stored:
+            values = {name: stored[name] for name in stored.files}
+    except FileNotFoundError:
+        raise RunFolderError(
+            f"The adapter run folder is damaged: {path!r} is missing. Train the run again, or "
+            "restore the folder from a copy."
+        ) from None
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise RunFolderError(
+            f"The adapter run folder is damaged: {path!r} cannot be read ({error}). Train the run "
+            "again, or restore the folder from a copy."
+        ) from None
     named = dict(trained_variables(model, backbone))
     missing = sorted(set(named) - set(values))
     unexpected = sorted(set(values) - set(named))

@@ -85,7 +85,7 @@ class Policy:
 
     def __post_init__(self):
         if self.kind not in POLICY_KINDS:
-            suggestion = closest_match(str(self.kind), POLICY_KINDS)
+            suggestion = closest_match(str(self.kind).lower(), POLICY_KINDS)
             hint = f" Did you mean {suggestion!r}?" if suggestion else ""
             raise ConfigError(f"Unknown policy kind {self.kind!r}. Use one of: {POLICY_SYNTAX}.{hint}")
         if self.kind == "last_n":
@@ -269,8 +269,9 @@ def parse_policy(policy):
         return Policy("pattern", **_parse_pattern_fields(text, argument))
     if kind == "lora":
         return Policy("lora", lora=parse_lora_fields(text, argument))
-    if argument:
+    if argument and kind in POLICY_KINDS:
         raise ConfigError(f"Invalid policy {text!r}: {kind!r} takes no argument after ':'.")
+    # An unknown kind (kinds are lower case) fails in Policy with the list of kinds.
     return Policy(kind)
 
 

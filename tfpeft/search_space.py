@@ -35,6 +35,11 @@ UNFREEZE_DEPTH = "unfreeze_depth"
 LORA_R = "lora_r"
 # Searchable names that set the policy rather than a TrainingConfig field.
 POLICY_PARAMETERS = (UNFREEZE_DEPTH, LORA_R)
+# The smallest value of each policy parameter: last_n:0 is head, and a LoRA rank is at least 1.
+MINIMUM_VALUES = {UNFREEZE_DEPTH: 0, LORA_R: 1}
+# The policy kinds each policy parameter works on: unfreeze_depth replaces a head or last_n
+# policy with last_n:K, and lora_r changes the rank of a lora policy.
+POLICY_KINDS = {UNFREEZE_DEPTH: ("head", "last_n"), LORA_R: ("lora",)}
 KINDS = ("log", "float", "int", "choice")
 
 
@@ -85,6 +90,7 @@ class SearchParameter:
         if self.kind == "choice":
             if not self.values:
                 raise ConfigError(f"The search choice for {self.name} lists no values.")
+            self._check_minimum(min(self.values))
             return
         if self.min_value is None or self.max_value is None or self.min_value > self.max_value:
             raise ConfigError(
@@ -95,6 +101,19 @@ class SearchParameter:
             raise ConfigError(f"A log range for {self.name} needs min > 0; got {self.min_value}.")
         if self.kind == "int" and _value_type(self.name) is not int:
             raise ConfigError(f"{self.name} is not an integer setting; use float:, log: or choice:.")
+        self._check_minimum(self.min_value)
+
+    def _check_minimum(self, lowest):
+        minimum = MINIMUM_VALUES.get(self.name)
+        if minimum is not None and lowest < minimum:
+            raise ConfigError(
+                f"Invalid search spec {self.name}={self.spec()}: {self.name} must be at least "
+                f"{minimum}, got {lowest}."
+            )
+
+    def largest_value(self):
+        """Return the largest value the parameter can take."""
+        return max(self.values) if self.kind == "choice" else self.max_value
 
     @classmethod
     def parse(cls, name, spec):
@@ -169,9 +188,44 @@ def parse_space(specs):
     return space
 
 
-def default_space(num_blocks):
-    """Return the default space: learning rate on a log scale and every unfreeze depth."""
-    return [
-        SearchParameter("learning_rate", "log", 1e-5, 1e-3),
-        SearchParameter(UNFREEZE_DEPTH, "int", 0, num_blocks),
-    ]
+def default_space(num_blocks, policy_kind="last_n"):
+    """Return the default space for a base policy of ``policy_kind``.
+
+    The learning rate on a log scale, plus every unfreeze depth for ``head`` and ``last_n``
+    or ranks 4, 8 and 16 for ``lora``. Other policies keep their policy in every trial.
+    """
+    space = [SearchParameter("learning_rate", "log", 1e-5, 1e-3)]
+    if policy_kind in POLICY_KINDS[UNFREEZE_DEPTH]:
+        space.append(SearchParameter(UNFREEZE_DEPTH, "int", 0, num_blocks))
+    elif policy_kind in POLICY_KINDS[LORA_R]:
+        space.append(SearchParameter(LORA_R, "choice", values=(4, 8, 16)))
+    return space
+
+
+def check_space_policy(space, policy, num_blocks):
+    """Raise ``ConfigError`` where a policy parameter of ``space`` does not fit the base ``policy``.
+
+    Args:
+        space: list of ``SearchParameter``.
+        policy: ``Policy``. The base run's policy, which a policy parameter replaces or changes.
+        num_blocks: int. Blocks of the backbone, the largest unfreeze depth.
+    """
+    for parameter in space:
+        kinds = POLICY_KINDS.get(parameter.name)
+        if kinds is None:
+            continue
+        if policy.kind not in kinds:
+            fix = (
+                "search lora_r for a lora policy, or pass --policy head or last_n:K"
+                if parameter.name == UNFREEZE_DEPTH
+                else "pass --policy lora (with its alpha and target_modules), or search unfreeze_depth"
+            )
+            raise ConfigError(
+                f"--search {parameter.name}={parameter.spec()} needs a policy of kind "
+                f"{' or '.join(kinds)}, but --policy is {policy.name!r}: {fix}."
+            )
+        if parameter.name == UNFREEZE_DEPTH and parameter.largest_value() > num_blocks:
+            raise ConfigError(
+                f"--search unfreeze_depth={parameter.spec()} goes up to {parameter.largest_value()}, "
+                f"but this {num_blocks}-block backbone allows 0..{num_blocks}."
+            )

@@ -37,7 +37,7 @@ import numpy as np
 
 from tfpeft.errors import ConfigError, OutputDirError, TfpeftError
 from tfpeft.progress import Progress
-from tfpeft.search_space import LORA_R, UNFREEZE_DEPTH, default_space, parse_space
+from tfpeft.search_space import LORA_R, UNFREEZE_DEPTH, check_space_policy, default_space, parse_space
 
 logger = logging.getLogger("tfpeft.tuning")
 
@@ -161,14 +161,13 @@ def _trial_config(base, values):
         changes["policy"] = f"last_n:{int(depth)}"
     rank = changes.pop(LORA_R, None)
     if rank is not None:
-        if depth is not None:
-            raise ConfigError("unfreeze_depth and lora_r choose different policies; search one of them.")
-        from tfpeft.lora import LoraConfig
         from tfpeft.policies import Policy, parse_policy
 
-        # The base run's alpha, dropout and targets stay; only the rank changes.
-        policy = parse_policy(base.policy)
-        lora = policy.lora.replace(r=int(rank)) if policy.kind == "lora" else LoraConfig(r=int(rank))
+        # check_space_policy made sure the base policy is lora; its dropout and targets stay, and
+        # so does its alpha where the policy sets one, or else alpha follows the rank (2 * r).
+        lora = parse_policy(base.policy).lora.replace(r=int(rank))
+        if "alpha=" not in str(base.policy):
+            lora = lora.replace(alpha=2.0 * int(rank))
         changes["policy"] = Policy("lora", lora=lora).name
     return base.replace(**changes)
 
@@ -734,16 +733,14 @@ def tune(config=None, *, space=None, options=None, retrain_best=False, verbose=1
     with strategy.scope():
         backbone = load_backbone(config.model_name_or_path)
     check_sequence_limit(config.max_seq_length, backbone)
+    from tfpeft.policies import parse_policy
+
+    base_policy = parse_policy(config.policy)
     if space is None:
-        space = default_space(backbone.num_blocks)
+        space = default_space(backbone.num_blocks, base_policy.kind)
     elif not all(hasattr(parameter, "declare") for parameter in space):
         space = parse_space(space)
-    for parameter in space:
-        if parameter.name == UNFREEZE_DEPTH and parameter.kind != "choice" and parameter.max_value > backbone.num_blocks:
-            raise ConfigError(
-                f"unfreeze_depth goes up to {parameter.max_value}, but this {backbone.num_blocks}-block "
-                f"backbone allows 0..{backbone.num_blocks}."
-            )
+    check_space_policy(space, base_policy, backbone.num_blocks)
     hyperparameters = _declare_space(space, options)
     identity = _search_identity(config, options, space)
     tuning_dir, resumed = _prepare_tuning_dir(config, identity)
