@@ -257,6 +257,13 @@ def test_predict_command_on_exported_model(exported, toy_run, capsys):
             for name, probability in reference["probabilities"].items():
                 assert abs(record["probabilities"][name] - probability) < 1e-4
 
+    # A version that does not exist: the error points at exports and lists the versions there.
+    missing = os.path.join(os.path.dirname(exported.path), "77")
+    assert main(["predict", missing, "--text", "goal"]) == 1
+    error = capsys.readouterr().err
+    assert "also takes a model exported by `tfpeft export`" in error
+    assert f"has versions {', '.join(str(v) for v in existing_versions(os.path.dirname(exported.path)))}" in error
+
 
 def save_tiny_roberta(folder):
     """Write a random tiny RoBERTa with a byte-level BPE tokenizer trained on the toy texts."""

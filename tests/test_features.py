@@ -169,19 +169,39 @@ def test_stale_derived_cache_is_not_used(bert_setup, tmp_path, caplog):
         kernel.assign(saved)
 
 
+def key_of(letter):
+    """Return a cache key (64 hex digits) made of one letter."""
+    return letter * 64
+
+
 def test_least_recently_used_file_is_evicted(tmp_path):
     store = FeatureStore(str(tmp_path), size_limit=10**9)
     arrays = {"values": np.zeros(1000, np.float32)}
-    for index, key in enumerate(["a", "b", "c"]):
-        store.save(key, arrays)
-        os.utime(store.path(key), (1000 + index, 1000 + index))
-    store.load("a")  # now the most recently used
-    size = os.path.getsize(store.path("a"))
+    # A user's own .npz file in the folder is neither counted, evicted nor cleared.
+    np.savez(tmp_path / "my_results.npz", values=np.zeros(5000, np.float32))
+    for index, letter in enumerate("abc"):
+        store.save(key_of(letter), arrays)
+        os.utime(store.path(key_of(letter)), (1000 + index, 1000 + index))
+    store.load(key_of("a"))  # now the most recently used
+    size = os.path.getsize(store.path(key_of("a")))
     store.size_limit = 3 * size
-    store.save("d", arrays)
-    assert sorted(os.path.basename(path) for path, _, _ in store.entries()) == ["a.npz", "c.npz", "d.npz"]
+    store.save(key_of("d"), arrays)
+    kept = sorted(os.path.basename(path) for path, _, _ in store.entries())
+    assert kept == [f"{key_of(letter)}.npz" for letter in "acd"]
+    assert [entry["file"] for entry in store.info()["entries"]] == [f"{key_of(letter)}.npz" for letter in "cad"]
     assert store.clear() == 3
     assert store.info()["files"] == 0
+    assert os.path.exists(tmp_path / "my_results.npz")
+
+
+def test_unwritable_cache_folder_warns(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = FeatureStore(str(blocker / "features"), size_limit=10**9)
+    with caplog.at_level(logging.WARNING, logger="tfpeft.features"):
+        assert store.save(key_of("a"), {"values": np.zeros(3, np.float32)}) is False
+    assert f"cannot write to {blocker / 'features'}" in caplog.text
+    assert "Set TFPEFT_CACHE_DIR to a writable folder, or pass --no-feature-cache" in caplog.text
 
 
 def test_find_cut_rules(bert_setup, tiny_family_dir, caplog):
@@ -276,13 +296,18 @@ def test_cache_command(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("TFPEFT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("TFPEFT_CACHE_SIZE_MB", "1")
-    FeatureStore().save("k", {"values": np.zeros(1000, np.float32)})
+    FeatureStore().save(key_of("e"), {"values": np.zeros(1000, np.float32)})
     assert main(["cache", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["folder"] == str(tmp_path / "features")
     assert info["files"] == 1
-    assert info["bytes"] == os.path.getsize(tmp_path / "features" / "k.npz")
+    assert info["bytes"] == os.path.getsize(tmp_path / "features" / f"{key_of('e')}.npz")
     assert info["size_limit_bytes"] == 2**20
+    assert info["entries"][0]["file"] == f"{key_of('e')}.npz"
+    assert main(["cache", "info"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{key_of('e')}.npz" in listing
+    assert "of 1 MB" in listing
     assert main(["cache", "clear"]) == 0
     assert "Deleted 1 feature cache files" in capsys.readouterr().out
     assert FeatureStore().info()["files"] == 0

@@ -112,6 +112,19 @@ def test_non_empty_output_dir_refused(trained, tiny_bert_dir, toy_csv):
     assert sorted(os.listdir(trained.output_dir)) == before
 
 
+def test_unwritable_output_dir_fails_early(tmp_path, toy_csv):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    # The error comes before the backbone loads: the model folder does not even exist.
+    with pytest.raises(OutputDirError, match=r"cannot be created: .*a_file' is a file"):
+        tfpeft.train(model_name_or_path=str(tmp_path / "no_model"), train_file=toy_csv, output_dir=str(blocker / "run"), verbose=0)
+    assert blocker.read_text() == "mine"
+    if not os.path.isdir("/proc"):
+        return
+    with pytest.raises(OutputDirError, match=r"output_dir '/proc/run' cannot be written: creating a folder in '/proc' failed"):
+        tfpeft.train(model_name_or_path=str(tmp_path / "no_model"), train_file=toy_csv, output_dir="/proc/run", verbose=0)
+
+
 def test_overwrite_refuses_folder_that_is_not_a_run(tmp_path, tiny_bert_dir, toy_csv):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(OutputDirError, match="not a tfpeft run folder"):

@@ -128,8 +128,9 @@ def _build_parser():
     inspect.add_argument("--model", default="minilm", help="Backbone folder, Hub name or alias (default: minilm).")
     inspect.add_argument(
         "--policy", default="last_n:2",
-        help="Freezing policy: head, last_n:K, full, bitfit, layernorm, embeddings_frozen or "
-        "pattern:include=REGEX,exclude=REGEX (default: last_n:2).",
+        help="Freezing policy: head, last_n:K, full, bitfit, layernorm, embeddings_frozen, "
+        "pattern:include=REGEX,exclude=REGEX or lora:r=8,alpha=16,target_modules=query|value "
+        "(default: last_n:2).",
     )
     inspect.add_argument("--pooling", default="mean", help="Pooling: mean, cls, last or pooler (default: mean).")
     inspect.add_argument("--num-labels", type=int, default=2, help="Number of classes of the head (default: 2).")
@@ -206,6 +207,8 @@ def _read_texts(args):
             texts += [line.rstrip("\r") for line in text.split("\n") if line.strip()]
         except OSError as error:
             raise SystemExit(f"tfpeft predict: cannot read --input-file {args.input_file!r}: {error}")
+    if not texts and args.input_file:
+        raise SystemExit(f"tfpeft predict: --input-file {args.input_file!r} contains no text line; put one text on each line.")
     if not texts:
         raise SystemExit("tfpeft predict: no texts; pass --text TEXT or --input-file FILE.")
     return texts
@@ -267,8 +270,10 @@ def _run_cache(args):
         return
     print(
         f"Feature cache {info['folder']}: {info['files']} files, {info['bytes'] / 2**20:.1f} MB "
-        f"of {info['size_limit_bytes'] / 2**20:.0f} MB (TFPEFT_CACHE_SIZE_MB)"
+        f"of {info['size_limit_bytes'] / 2**20:g} MB (TFPEFT_CACHE_SIZE_MB)"
     )
+    for entry in info["entries"]:
+        print(f"  {entry['file']}  {entry['bytes'] / 2**20:8.1f} MB  last used {entry['last_used']}")
 
 
 def _run_launch(args):

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from tfpeft.errors import ConfigError, OutputDirError
+from tfpeft.errors import ConfigError, OutputDirError, RunFolderError
 from tfpeft.progress import Progress
 
 logger = logging.getLogger("tfpeft.commands")
@@ -160,6 +160,17 @@ def evaluate(
     return metrics
 
 
+def _versions_note(path):
+    """Return a note naming the export versions beside a version folder ``path``, or ""."""
+    from tfpeft.export import existing_versions
+
+    parent = os.path.dirname(os.path.normpath(str(path)))
+    versions = existing_versions(parent) if os.path.basename(os.path.normpath(str(path))).isdigit() else []
+    if not versions:
+        return ""
+    return f"; {parent!r} has versions {', '.join(str(version) for version in versions)}"
+
+
 def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     """Return one dict per text: ``text``, ``label`` and ``probabilities`` by class name.
 
@@ -168,7 +179,7 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     trained on sentence pairs pass ``text_pairs``; each dict then has a ``text_pair`` too.
     """
     from tfpeft.exported import ExportedClassifier, find_export_folder
-    from tfpeft.runs import check_batch_size, load
+    from tfpeft.runs import CONFIG_FILE, check_batch_size, load
 
     # Checked before the slow model load; an exported model does not check it itself.
     check_batch_size(batch_size)
@@ -177,7 +188,15 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     elif find_export_folder(run_dir) is not None:
         classifier = ExportedClassifier(find_export_folder(run_dir))
     else:
-        classifier = load(run_dir)
+        try:
+            classifier = load(run_dir)
+        except RunFolderError as error:
+            if os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+                raise  # a run folder, damaged: the hint about exports would mislead
+            raise RunFolderError(
+                f"{error} tfpeft predict also takes a model exported by `tfpeft export`: its "
+                f"version folder (MODELS_DIR/NAME/1) or the folder of its versions (MODELS_DIR/NAME){_versions_note(run_dir)}."
+            ) from None
     if text_pairs is None:
         probabilities = classifier.predict_proba(texts, batch_size)
     else:

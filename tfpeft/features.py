@@ -31,10 +31,12 @@ policy. Any change gives another name, so a stale cache is never read. The folde
 """
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import zipfile
 
@@ -52,6 +54,8 @@ CACHE_DIR_VARIABLE = "TFPEFT_CACHE_DIR"
 CACHE_SIZE_VARIABLE = "TFPEFT_CACHE_SIZE_MB"
 DEFAULT_CACHE_SIZE_MB = 8192
 # Bumped whenever the file layout or what a key covers changes, so old files are never read.
+# Cache files are named by their key, a SHA-256 in hex.
+CACHE_FILE_NAME = re.compile(r"[0-9a-f]{64}\.npz")
 CACHE_FORMAT = 2
 
 
@@ -114,10 +118,22 @@ class FeatureStore:
         return arrays
 
     def save(self, key, arrays):
-        """Store ``arrays`` under ``key``, then evict old files beyond the size limit."""
-        os.makedirs(self.folder, exist_ok=True)
-        # Written beside the final name and renamed, so a reader never sees half a file.
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        """Store ``arrays`` under ``key``, then evict old files beyond the size limit.
+
+        Returns False, with a warning, when the folder cannot be written: the caller keeps its
+        arrays in memory, so the run goes on, only without storing them for the next one.
+        """
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            # Written beside the final name and renamed, so a reader never sees half a file.
+            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        except OSError as error:
+            logger.warning(
+                "Feature cache: cannot write to %s (%s), so the features are kept for this run "
+                "only. Set %s to a writable folder, or pass --no-feature-cache.",
+                self.folder, error, CACHE_DIR_VARIABLE,
+            )
+            return False
         try:
             with os.fdopen(handle, "wb") as file:
                 np.savez(file, **arrays)
@@ -127,6 +143,7 @@ class FeatureStore:
                 os.remove(temporary)
             raise
         self.evict(keep=key)
+        return True
 
     def entries(self):
         """Return ``(path, bytes, last use)`` of every cache file, least recently used first."""
@@ -134,7 +151,8 @@ class FeatureStore:
             return []
         found = []
         for name in os.listdir(self.folder):
-            if name.endswith(".npz"):
+            # Only files named by a cache key: eviction and clear never touch other files.
+            if CACHE_FILE_NAME.fullmatch(name):
                 path = os.path.join(self.folder, name)
                 status = os.stat(path)
                 found.append((path, status.st_size, status.st_mtime))
@@ -154,13 +172,25 @@ class FeatureStore:
             logger.info("Evicted the feature cache %s (%d bytes) to stay under the size limit", path, size)
 
     def info(self):
-        """Return the folder, the number of files, their bytes and the size limit."""
+        """Return the folder, the number of files, their bytes, the size limit and each file.
+
+        ``entries`` lists ``{"file", "bytes", "last_used"}`` (an ISO 8601 UTC time), least
+        recently used first.
+        """
         entries = self.entries()
         return {
             "folder": self.folder,
             "files": len(entries),
             "bytes": sum(size for _, size, _ in entries),
             "size_limit_bytes": self.size_limit,
+            "entries": [
+                {
+                    "file": os.path.basename(path),
+                    "bytes": size,
+                    "last_used": datetime.datetime.fromtimestamp(used, datetime.timezone.utc).isoformat(timespec="seconds"),
+                }
+                for path, size, used in entries
+            ],
         }
 
     def clear(self):

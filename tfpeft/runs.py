@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -75,9 +76,11 @@ def check_output_dir(path, overwrite, config=None):
         OutputDirError: naming the folder, what it contains and the way out.
     """
     if not os.path.exists(path):
+        _check_writable(path)
         return False
     if not os.path.isdir(path):
         raise OutputDirError(f"output_dir {path!r} is a file, not a folder. Choose another path.")
+    _check_writable(path)
     entries = sorted(os.listdir(path))
     if not entries:
         return False
@@ -106,6 +109,26 @@ def check_output_dir(path, overwrite, config=None):
             "the run there. Move those files out, or choose a new folder."
         )
     return False
+
+
+def _check_writable(path):
+    """Raise ``OutputDirError`` unless a folder can be created in ``path`` or its nearest existing parent.
+
+    Checked by creating and removing a folder, before the backbone loads, because permission
+    bits do not tell about read-only or virtual file systems.
+    """
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputDirError(f"output_dir {path!r} cannot be created: {parent!r} is a file. Choose another path.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tfpeft-write-check-", dir=parent))
+    except OSError as error:
+        raise OutputDirError(
+            f"output_dir {path!r} cannot be written: creating a folder in {parent!r} failed "
+            f"({error.strerror}). Choose a folder you can write to."
+        ) from None
 
 
 def prepare_output_dir(path, overwrite):

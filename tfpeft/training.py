@@ -454,6 +454,8 @@ def _train(config, train_data, validation_data, test_data, verbose):
             if cached is not None:
                 fit_model, fit_data = cached.model, cached
                 compile_classifier(fit_model, config, steps_per_epoch * config.num_train_epochs)
+    else:
+        logger.info("Feature cache off: feature_cache=False (--no-feature-cache)")
 
     resume_state = recovery.prepare_run_folder(config, resuming, strategy, role)
     shared_dir = config.output_dir
