@@ -327,22 +327,33 @@ def compute_features(model, backbone, cut, encoded, batch_size=64, with_type_ids
             return outputs.hidden_states[cut.depth]
 
         run = tf.function(hidden_at_cut, reduce_retracing=True)
+
+    def outputs():
+        for lengths, inputs in _input_batches(encoded, batch_size):
+            if not with_type_ids:
+                inputs.pop("token_type_ids", None)
+            yield run({k: tf.constant(v) for k, v in inputs.items()}), lengths
+
+    return _collect_features(outputs(), cut.kind == "pooled", backbone.hidden_dim, encoded.lengths, task)
+
+
+def _collect_features(outputs, pooled, hidden_dim, lengths, task=None):
+    """Return the feature arrays of a split from its ``(output, batch lengths)`` pairs, in order.
+
+    Pooled outputs are one row per text; hidden states keep one row per real token, texts one
+    after another.
+    """
     values = []
-    for lengths, inputs in _input_batches(encoded, batch_size):
-        if not with_type_ids:
-            inputs.pop("token_type_ids", None)
-        output = tf.cast(run({k: tf.constant(v) for k, v in inputs.items()}), tf.float32).numpy()
-        if cut.kind == "pooled":
+    for output, batch_lengths in outputs:
+        output = tf.cast(output, tf.float32).numpy()
+        if pooled:
             values.append(output)
         else:
-            values.extend(row[:length] for row, length in zip(output, lengths))
+            values.extend(row[:length] for row, length in zip(output, batch_lengths))
         if task is not None:
-            task.advance(len(lengths))
-    if values:
-        values = np.concatenate(values)
-    else:
-        values = np.zeros((0, backbone.hidden_dim), np.float32)
-    return {"values": values.astype(np.float32), "lengths": encoded.lengths.astype(np.int32)}
+            task.advance(len(batch_lengths))
+    values = np.concatenate(values) if values else np.zeros((0, hidden_dim), np.float32)
+    return {"values": values.astype(np.float32), "lengths": lengths.astype(np.int32)}
 
 
 def _pool(model, backbone, pooling, hidden, mask):
@@ -381,26 +392,18 @@ def derive_features(model, backbone, source, cut, arrays, pooling, batch_size=64
     pooled = cut.kind == "pooled"
     lengths = arrays["lengths"]
     rows = np.split(arrays["values"], np.cumsum(lengths)[:-1]) if len(lengths) else []
-    values = []
-    for start in range(0, len(lengths), batch_size):
-        batch_lengths = lengths[start : start + batch_size]
-        width = max(int(batch_lengths.max()), 1)
-        hidden = np.zeros((len(batch_lengths), width, backbone.hidden_dim), np.float32)
-        for index, row in enumerate(rows[start : start + batch_size]):
-            hidden[index, : len(row)] = row
-        mask = (np.arange(width)[None, :] < batch_lengths[:, None]).astype(np.int32)
-        output = tf.cast(run(tf.constant(hidden), tf.constant(mask)), tf.float32).numpy()
-        if pooled:
-            values.append(output)
-        else:
-            values.extend(row[:length] for row, length in zip(output, batch_lengths))
-        if task is not None:
-            task.advance(len(batch_lengths))
-    if values:
-        values = np.concatenate(values)
-    else:
-        values = np.zeros((0, backbone.hidden_dim), np.float32)
-    return {"values": values.astype(np.float32), "lengths": lengths.astype(np.int32)}
+
+    def outputs():
+        for start in range(0, len(lengths), batch_size):
+            batch_lengths = lengths[start : start + batch_size]
+            width = max(int(batch_lengths.max()), 1)
+            hidden = np.zeros((len(batch_lengths), width, backbone.hidden_dim), np.float32)
+            for index, row in enumerate(rows[start : start + batch_size]):
+                hidden[index, : len(row)] = row
+            mask = (np.arange(width)[None, :] < batch_lengths[:, None]).astype(np.int32)
+            yield run(tf.constant(hidden), tf.constant(mask)), batch_lengths
+
+    return _collect_features(outputs(), pooled, backbone.hidden_dim, lengths, task)
 
 
 def build_top_model(model, backbone, cut, pooling):
