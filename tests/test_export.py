@@ -3,6 +3,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 
@@ -244,7 +245,7 @@ def test_op_check_rejects_python_ops(tmp_path):
         check_ops(path)
 
 
-def test_predict_command_on_exported_model(exported, toy_run, capsys):
+def test_predict_command_on_exported_model(exported, toy_run, capsys, tmp_path):
     texts = ["goal match", "vote party tax", "chip phone"]
     expected = tfpeft.predict(toy_run, texts)
     # The version folder, and the model folder, whose highest version is used.
@@ -256,6 +257,22 @@ def test_predict_command_on_exported_model(exported, toy_run, capsys):
             assert record["text"] == reference["text"]
             for name, probability in reference["probabilities"].items():
                 assert abs(record["probabilities"][name] - probability) < 1e-4
+
+    # A run folder is the run even with a version folder inside; this one cannot load.
+    run_copy = tmp_path / "run"
+    shutil.copytree(toy_run, run_copy)
+    shutil.copytree(exported.path, run_copy / "1")
+    shutil.rmtree(run_copy / "1" / "variables")
+    assert [record["label"] for record in tfpeft.predict(str(run_copy), texts)] == [record["label"] for record in expected]
+    with pytest.raises(ExportError, match=r"is a tfpeft run folder \(config.toml is there\); export to a folder of its own"):
+        tfpeft.export(toy_run, str(run_copy), verbose=0)
+
+    # A SavedModel without tfpeft's export record.
+    bare = tmp_path / "bare" / "1"
+    shutil.copytree(exported.path, bare)
+    os.remove(bare / "assets.extra" / "tfpeft_export.json")
+    assert main(["predict", str(bare), "--text", "goal"]) == 1
+    assert "contains a SavedModel but no assets.extra/tfpeft_export.json" in capsys.readouterr().err
 
     # A version that does not exist: the error points at exports and lists the versions there.
     missing = os.path.join(os.path.dirname(exported.path), "77")
@@ -411,6 +428,8 @@ def test_pair_run_serves_text_pairs(albert_pair_run, models_dir):
     classifier = tfpeft.load(albert_pair_run)
     expected = classifier.predict_proba(texts, text_pairs=text_pairs)
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4, rtol=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="text and text_pair must have the same number of elements"):
+        model.signatures[TEXT_SIGNATURE](text=tf.constant(texts), text_pair=tf.constant(text_pairs[:1]))
 
     requests = read_warmup_requests(os.path.join(result.path, "assets.extra", "tf_serving_warmup_requests"))
     assert [name for name, _ in requests] == [TEXT_SIGNATURE, TEXT_SIGNATURE, IDS_SIGNATURE]

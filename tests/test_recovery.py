@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import tfpeft
 import tiny
 from tfpeft import recovery
 from tfpeft.config import TrainingConfig
-from tfpeft.errors import OutputDirError
+from tfpeft.errors import OutputDirError, RunFolderError
 from tfpeft.runs import check_output_dir
 from tfpeft.training import EpochEvaluation
 from workers import process_group, read, tfpeft_command, wait_until
@@ -36,7 +37,8 @@ def test_unfinished_run_same_config_resumes(tmp_path):
 def test_unfinished_run_neutral_settings_resume(tmp_path):
     write_run_config(tmp_path, learning_rate=1e-3)
     config = TrainingConfig(
-        output_dir=str(tmp_path), learning_rate=1e-3, strategy="mirrored", logging_dir="elsewhere", collective_timeout=5
+        output_dir=str(tmp_path), learning_rate=1e-3, strategy="mirrored", logging_dir="elsewhere", collective_timeout=5,
+        feature_cache=False,
     )
     assert check_output_dir(str(tmp_path), False, config) is True
 
@@ -202,7 +204,7 @@ def test_best_state_of_other_checkpoint_discarded(first_two_epochs, caplog):
     model = tiny_head_model()
     evaluation = make_evaluation(path, completed_epochs=2)
     fit_epochs(model, evaluation, 2, 4)
-    assert "written after the last backup" in caplog.text
+    assert f"does not match its record {path}.json: the run stopped while writing it, or the file is damaged" in caplog.text
     # Only epochs 3 and 4 competed; epoch 3 (scale 0.5) beats epoch 4 (scale -1).
     assert evaluation.best_epoch == 3
     np.testing.assert_array_equal(model.get_weights()[0], WEIGHTS_BY_EPOCH[2][0])
@@ -243,6 +245,28 @@ def test_backup_under_one_device_strategy(tmp_path):
     history = resumed.fit(dataset, epochs=5, verbose=0, callbacks=[recovery.RunBackup(str(tmp_path))])
     assert history.epoch == [3, 4]
     assert int(resumed.optimizer.iterations.numpy()) == 10
+
+
+def test_damaged_backup_names_file(tmp_path, caplog):
+    model = tiny_head_model()
+    dataset = tf.data.Dataset.from_tensor_slices((FEATURES, np.zeros((4, 2), np.float32))).batch(2)
+    log = recovery.EpochLog(os.path.join(recovery.backup_dir(str(tmp_path)), recovery.EPOCH_LOG_FILE), num_replicas=1)
+    model.fit(dataset, epochs=2, verbose=0, callbacks=[log, recovery.RunBackup(str(tmp_path))])
+
+    # A damaged epoch log costs the history only, with a warning naming it.
+    log_path = os.path.join(recovery.backup_dir(str(tmp_path)), recovery.EPOCH_LOG_FILE)
+    with open(log_path, "w") as file:
+        file.write("{not json")
+    with caplog.at_level(logging.WARNING, logger="tfpeft.recovery"):
+        assert recovery.read_resume_state(str(tmp_path)).epoch_logs == []
+    assert f"Ignoring the damaged epoch log {log_path}" in caplog.text
+
+    # A damaged backup stops the resume with the file and both ways out.
+    index = tf.train.latest_checkpoint(os.path.join(recovery.backup_dir(str(tmp_path)), "chief")) + ".index"
+    with open(index, "wb") as file:
+        file.write(os.urandom(64))
+    with pytest.raises(RunFolderError, match=r"The backup .*ckpt-\d+ of the unfinished run in .* cannot be read .*--overwrite-output-dir"):
+        recovery.completed_epochs(str(tmp_path))
 
 
 def test_no_backup_reads_none(tmp_path):

@@ -44,7 +44,7 @@ def _build_parser():
 
     train = commands.add_parser("train", help="Fine-tune a backbone and save a run folder.")
     train.add_argument("--config", help="TOML file of TrainingConfig fields; flags override it.")
-    train.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    train.add_argument("--quiet", action="store_true", help="Print only warnings and errors.")
     _add_config_flags(train)
 
     evaluate = commands.add_parser("evaluate", help="Evaluate a run on a dataset; writes RUN_DIR/eval/NAME/.")
@@ -57,7 +57,7 @@ def _build_parser():
     evaluate.add_argument("--encoding", help="Encoding of --test-file (default: the run's).")
     evaluate.add_argument("--name", help="Folder name under RUN_DIR/eval/ (default: from the data).")
     evaluate.add_argument("--overwrite", action="store_true", help="Replace an earlier RUN_DIR/eval/NAME/.")
-    evaluate.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    evaluate.add_argument("--quiet", action="store_true", help="Print only warnings and errors.")
 
     predict = commands.add_parser("predict", help="Predict labels; prints one JSON object per text.")
     predict.add_argument(
@@ -84,7 +84,7 @@ def _build_parser():
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Finished run folders, in table order.")
     compare.add_argument("--output-dir", default=".", help="Folder for comparison.csv and comparison.png (default: the current folder).")
     compare.add_argument("--overwrite", action="store_true", help="Replace an earlier comparison.csv and comparison.png there.")
-    compare.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    compare.add_argument("--quiet", action="store_true", help="Print only warnings and errors.")
     tune = commands.add_parser("tune", help="Search training settings with KerasTuner; writes OUTPUT_DIR/tuning/.")
     tune.add_argument("--config", help="TOML file of TrainingConfig fields with optional [search] and [tuning] tables.")
     tune.add_argument(
@@ -103,7 +103,7 @@ def _build_parser():
     tune.add_argument("--factor", type=int, help="Hyperband's reduction factor (default: 3).")
     tune.add_argument("--objective", help="val_macro_f1 (default), val_accuracy or val_loss.")
     tune.add_argument("--retrain-best", action="store_true", help="Train the best config into OUTPUT_DIR/best/ and test it.")
-    tune.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    tune.add_argument("--quiet", action="store_true", help="Print only warnings and errors.")
     _add_config_flags(tune)
     launch = commands.add_parser(
         "launch", help="Run a command as N local workers of one multi-worker cluster (127.0.0.1)."
@@ -118,7 +118,7 @@ def _build_parser():
         "--version", type=int, dest="export_version",
         help="Version folder to write (default: the highest existing one plus 1).",
     )
-    export.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    export.add_argument("--quiet", action="store_true", help="Print only warnings and errors.")
 
     cache = commands.add_parser("cache", help="Show or clear the feature cache (folder: TFPEFT_CACHE_DIR).")
     cache.add_argument("action", choices=("info", "clear"), help="info: folder, files and size; clear: delete every file.")

@@ -178,6 +178,7 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     of such versions (its highest version is used), or a loaded classifier. For a classifier
     trained on sentence pairs pass ``text_pairs``; each dict then has a ``text_pair`` too.
     """
+    from tfpeft.export import INFO_FILE
     from tfpeft.exported import ExportedClassifier, find_export_folder
     from tfpeft.runs import CONFIG_FILE, check_batch_size, load
 
@@ -185,14 +186,20 @@ def predict(run_dir, texts, *, batch_size=None, text_pairs=None):
     check_batch_size(batch_size)
     if hasattr(run_dir, "predict_proba"):
         classifier = run_dir
+    elif os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        # A run folder is always the run, even with folders of digits inside it.
+        classifier = load(run_dir)
     elif find_export_folder(run_dir) is not None:
         classifier = ExportedClassifier(find_export_folder(run_dir))
     else:
         try:
             classifier = load(run_dir)
         except RunFolderError as error:
-            if os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
-                raise  # a run folder, damaged: the hint about exports would mislead
+            if os.path.isfile(os.path.join(run_dir, "saved_model.pb")):
+                raise RunFolderError(
+                    f"{run_dir!r} contains a SavedModel but no {INFO_FILE}, so it is not a complete "
+                    "tfpeft export. Export the run again with `tfpeft export RUN_DIR --to MODELS_DIR/NAME`."
+                ) from None
             raise RunFolderError(
                 f"{error} tfpeft predict also takes a model exported by `tfpeft export`: its "
                 f"version folder (MODELS_DIR/NAME/1) or the folder of its versions (MODELS_DIR/NAME){_versions_note(run_dir)}."

@@ -98,8 +98,16 @@ def next_version(model_dir):
 
 
 def _choose_version(model_dir, version):
+    from tfpeft.runs import CONFIG_FILE
+
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ExportError(f"--to {model_dir!r} is a file; pass a folder such as models/NAME.")
+    if os.path.isfile(os.path.join(model_dir, CONFIG_FILE)):
+        # A version folder inside a run folder would make `tfpeft predict RUN_DIR` ambiguous.
+        raise ExportError(
+            f"--to {model_dir!r} is a tfpeft run folder ({CONFIG_FILE} is there); export to a "
+            "folder of its own, such as models/NAME."
+        )
     if version is None:
         return next_version(model_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -160,7 +168,13 @@ def _serving_functions(model, label_names, graph_tokenizer, pairs):
     if pairs:
 
         def classify_text(text, text_pair):
-            return classify(tokenized(text, text_pair))
+            # A core Assert op, so a client sending unequal batches gets this message.
+            check = tf.debugging.assert_equal(
+                tf.size(text), tf.size(text_pair),
+                message="text and text_pair must have the same number of elements: one pair per text",
+            )
+            with tf.control_dependencies([check]):
+                return classify(tokenized(tf.identity(text), text_pair))
 
         text_spec = [tf.TensorSpec([None], tf.string, name="text"), tf.TensorSpec([None], tf.string, name="text_pair")]
     else:

@@ -37,9 +37,11 @@ _SAVED_EPOCH_KEY = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
 
 # Settings that leave what a run computes unchanged, so a resumed run may set them
 # differently. A change of strategy is allowed because the replica count, which is what
-# changes the global batch, is checked on its own.
+# changes the global batch, is checked on its own. The feature cache gives the same weights up
+# to float rounding, and checkpoints name variables by stable name, so they restore either way.
 RESULT_NEUTRAL_FIELDS = frozenset(
     {
+        "feature_cache",
         "output_dir",
         "overwrite_output_dir",
         "logging_dir",
@@ -61,8 +63,16 @@ def completed_epochs(output_dir):
     checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir(output_dir), _STATE_SUBDIR))
     if checkpoint is None:
         return 0
-    # BackupAndRestore stores the 0-based index of the last finished epoch.
-    return int(tf.train.load_variable(checkpoint, _SAVED_EPOCH_KEY)) + 1
+    try:
+        # BackupAndRestore stores the 0-based index of the last finished epoch.
+        return int(tf.train.load_variable(checkpoint, _SAVED_EPOCH_KEY)) + 1
+    except (tf.errors.OpError, ValueError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        raise RunFolderError(
+            f"The backup {checkpoint} of the unfinished run in {output_dir!r} cannot be read "
+            f"({message.splitlines()[0]}), so the run cannot resume. Restore the folder from a copy, "
+            "or start the run again with --overwrite-output-dir (its finished epochs are lost)."
+        ) from None
 
 
 def first_difference(saved, config):
@@ -123,6 +133,9 @@ def read_resume_state(output_dir):
         with open(log_path, encoding="utf-8") as file:
             saved = json.load(file)
     except FileNotFoundError:
+        saved = {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        logger.warning("Ignoring the damaged epoch log %s (%s)", log_path, error)
         saved = {}
     # The log is written before the backup at each epoch end, so it may hold one epoch more
     # than the backup when the process stopped between the two writes.
@@ -316,13 +329,18 @@ def load_best_checkpoint(model, path, completed_epochs, backbone=None):
             state = json.load(file)
     except FileNotFoundError:
         return None
-    if state["best_epoch"] > completed_epochs or state.get("checkpoint_sha256") != _index_sha256(path):
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        state, problem = None, f"its record {path}.json is damaged ({error})"
+    else:
+        problem = None
+        if state.get("best_epoch", completed_epochs + 1) > completed_epochs:
+            problem = f"it was written after the last backup (epoch {completed_epochs})"
+        elif state.get("checkpoint_sha256") != _index_sha256(path):
+            problem = f"it does not match its record {path}.json: the run stopped while writing it, or the file is damaged"
+    if problem:
         logger.warning(
-            "The best-weights checkpoint %s was written after the last backup (epoch %d); the "
-            "best epoch is chosen again from epoch %d on",
-            path,
-            completed_epochs,
-            completed_epochs + 1,
+            "Not using the best-weights checkpoint %s: %s. The best epoch is chosen again from epoch %d on",
+            path, problem, completed_epochs + 1,
         )
         return None
     return state, read_trainable(model, path, backbone)
