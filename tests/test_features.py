@@ -263,7 +263,7 @@ def test_top_model_matches_full_model(model_type, tiny_family_dir):
         return logits.numpy(), tape.gradient(value, model.trainable_variables)
 
     # last_n:1 cuts above frozen shared tables (T5, MPNet, DeBERTa-v2) and below GPT-2's and
-    # T5's final layer norm; last_n:N cuts at depth 0, where those tables and DeBERTa-v2's
+    # T5's final layer norm. last_n:N cuts at depth 0, where those tables and DeBERTa-v2's
     # convolution train too.
     for policy_name in ("head", "last_n:1", f"last_n:{backbone.num_blocks}"):
         policy = apply_policy(backbone, policy_name, pooling=pooling)

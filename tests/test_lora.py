@@ -283,7 +283,7 @@ def test_exported_lora_run_is_the_merged_base_model(lora_run, tmp_path):
     before = {name: open(os.path.join(model_dir, name), "rb").read() for name in os.listdir(model_dir)}
     exported = tfpeft.export(lora_run.output_dir, str(tmp_path / "models" / "lora"), verbose=0)
 
-    # The SavedModel holds the base architecture: the same variables as an unadapted tiny BERT
+    # The SavedModel contains the base architecture: the same variables as an unadapted tiny BERT
     # with the same head, and no adapter matrix.
     saved = [name for name, _ in tf.train.list_variables(os.path.join(exported.path, "variables", "variables"))]
     assert not [name for name in saved if "lora" in name]

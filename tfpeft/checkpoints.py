@@ -4,8 +4,8 @@ An epoch changes only the trainable variables. So the checkpoints written during
 best weights so far and the backup a stopped run resumes from, contain only those, with the
 optimizer's step count and its slots (AdamW's first and second moments) for each of them.
 Under ``head`` on all-MiniLM-L6-v2 that is a few kilobytes an epoch instead of the 90 MB of
-frozen weights; under ``full`` it is every variable, as before. Frozen variables come from
-where they came from in the first place: the backbone a resumed run loads again.
+frozen weights. Under ``full`` it is every variable, as before. A resumed run takes its frozen
+variables from the backbone it loads again.
 
 Every variable is keyed by its stable name: ``Backbone.named_variables`` for the backbone
 (``encoder/layer_._5/output/dense/kernel``) and the layer path for the rest (``head/kernel``).

@@ -164,8 +164,8 @@ def _versions_note(path):
     """Return a note naming the export versions beside a version folder ``path``, or ""."""
     from tfpeft.export import existing_versions
 
-    parent = os.path.dirname(os.path.normpath(str(path)))
-    versions = existing_versions(parent) if os.path.basename(os.path.normpath(str(path))).isdigit() else []
+    parent, name = os.path.split(os.path.normpath(str(path)))
+    versions = existing_versions(parent) if name.isdigit() else []
     if not versions:
         return ""
     return f"; {parent!r} has versions {', '.join(str(version) for version in versions)}"

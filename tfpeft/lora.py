@@ -278,14 +278,15 @@ def apply_adapters(backbone, config):
         return adapter_variables(backbone)
 
     targets = select_targets(backbone, config)
-    widths = {name: min(int(dim) for dim in _kernel(layer).shape) for name, layer in targets}
-    narrowest = min(widths, key=widths.get)
-    if config.r > widths[narrowest]:
+    shapes = {name: [int(dim) for dim in _kernel(layer).shape] for name, layer in targets}
+    narrowest = min(shapes, key=lambda name: min(shapes[name]))
+    width = min(shapes[narrowest])
+    if config.r > width:
         # A rank above a layer's smaller side adds parameters without adding expressiveness.
         raise ConfigError(
             f"LoRA rank r={config.r} is larger than the targeted layer {narrowest} allows: its "
-            f"kernel is {' x '.join(str(int(dim)) for dim in _kernel(dict(targets)[narrowest]).shape)}. "
-            f"Use r in 1..{widths[narrowest]}; low ranks such as 4 to 16 are usual."
+            f"kernel is {' x '.join(map(str, shapes[narrowest]))}. Use r in 1..{width}; low ranks "
+            "such as 4 to 16 are usual."
         )
     for name, layer in targets:
         # A new unseeded initializer per layer draws from the global seed that

@@ -163,8 +163,8 @@ def _trial_config(base, values):
     if rank is not None:
         from tfpeft.policies import Policy, parse_policy
 
-        # check_space_policy made sure the base policy is lora; its dropout and targets stay, and
-        # so does its alpha where the policy sets one, or else alpha follows the rank (2 * r).
+        # check_space_policy made sure the base policy is lora. Its dropout and targets stay, and
+        # so does an alpha the policy sets; without one, alpha follows the rank (2 * r).
         lora = parse_policy(base.policy).lora.replace(r=int(rank))
         if "alpha=" not in str(base.policy):
             lora = lora.replace(alpha=2.0 * int(rank))
