@@ -247,7 +247,7 @@ def find_cut(backbone, policy, pooling, frozen_dropout=False):
     shared = sorted(name for name in trained if parts[name].role == "shared_block" and depth == 0)
     if shared and policy.num_blocks < backbone.num_blocks:
         logger.info(
-            "Feature cache: %s trains and runs at every depth from 0 up, so the cache contains only the "
+            "Feature cache: %s trains and runs at every depth from 0 up, so the cache holds only the "
             "embeddings' output", ", ".join(shared),
         )
     return Cut("hidden", depth)
